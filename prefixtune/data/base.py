@@ -1,0 +1,72 @@
+"""Shared types and helpers of the data loaders: :class:`Example`, :class:`DataError`, data root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+#: Environment variable that overrides the default data root.
+DATA_ROOT_ENV = "PREFIXTUNE_DATA_ROOT"
+
+
+class DataError(UsageError):
+    """A data problem with a clear one-line message (the CLI prints ``str(e)`` only).
+
+    A :class:`prefixtune.errors.UsageError`: missing files, bad choices, no network.
+    """
+
+    def __init__(self, message: str):
+        # Guarantee the one-line contract whatever the caller formatted.
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input of a task with all its references.
+
+    ``source`` is the linearised input in the paper's format, ``references`` holds every
+    reference of this input in file order, ``meta`` is task-specific (see each task module).
+    """
+
+    source: str
+    references: tuple[str, ...]
+    meta: dict = field(default_factory=dict, hash=False)  # compared, not hashed (a dict)
+
+
+def default_data_root() -> Path:
+    """``$PREFIXTUNE_DATA_ROOT`` if set, else ``<repo root>/../shared/data`` (from this file)."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    # this file: <repo>/prefixtune/data/base.py -> parents[2] is the repo root
+    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+
+
+def local_files(
+    root: Path, folder: str, names: list[str], task: str, split: str
+) -> list[Path] | None:
+    """Resolve the local release files of one split.
+
+    Returns the paths when all exist; ``None`` when the task's folder is absent (the caller
+    then falls back to the Hugging Face hub); raises :class:`DataError` naming the first
+    missing file when the folder exists but is incomplete (a broken local release).
+    """
+    base = root / folder
+    paths = [base / n for n in names]
+    if all(p.exists() for p in paths):
+        return paths
+    if not base.is_dir():
+        return None
+    missing = next(p for p in paths if not p.exists())
+    raise DataError(
+        f"{task} {split}: missing file {missing} in the data root {root} "
+        f"(expected the official release layout: {folder}/{', '.join(names)})"
+    )
+
+
+def clean(text: str | None) -> str:
+    """Strip a text field from XML/JSON (``None`` -> empty string)."""
+    return (text or "").strip()

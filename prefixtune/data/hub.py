@@ -1,0 +1,147 @@
+"""Hugging Face hub fallback, with an offline fail-fast.
+
+When a dataset's folder is absent from the data root, the loaders fetch the same data with
+``datasets.load_dataset`` and convert it to the same :class:`~prefixtune.data.Example`.
+Before touching ``datasets`` (slow to import, and it retries for a long time when the network
+is down) we decide in well under a second whether the hub can be used:
+
+1. ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set to a true value -> offline, unless the
+   dataset is already in the local Hugging Face cache (then ``datasets`` reads it offline);
+2. otherwise one TCP connection to the hub endpoint with a short, hard time limit (DNS
+   included: the probe runs in a daemon thread that we stop waiting for).
+
+If the hub cannot be used we raise a one-line :class:`DataError` naming both remedies.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .base import DataError
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+#: Hard limit (seconds) on the connectivity probe, DNS included.
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """One way to get a split from the hub: ``load_dataset(repo, config, split=, revision=)``."""
+
+    repo: str
+    split: str
+    config: str | None = None
+    revision: str | None = None
+
+
+def offline_reason() -> str | None:
+    """The offline environment variable that is set, if any."""
+    for var in OFFLINE_VARS:
+        value = os.environ.get(var, "")
+        if value.strip().upper() in _TRUE:
+            return f"{var}={value}"
+    return None
+
+
+def _hub_host() -> tuple[str, int]:
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    return url.hostname or "huggingface.co", port
+
+
+def probe_hub(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """``None`` when a TCP connection to the hub opens within ``timeout``; else why not."""
+    host, port = _hub_host()
+    result: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as exc:  # DNS failure, refused, unreachable, timeout
+            result.append(f"cannot connect to {host}:{port}: {exc}")
+
+    thread = threading.Thread(target=attempt, name="prefixtune-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.2)  # getaddrinfo ignores socket timeouts: bound it here
+    if not result:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    return result[0]
+
+
+def _cache_dirs() -> list[Path]:
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    ds = os.environ.get("HF_DATASETS_CACHE")
+    return [Path(hub) if hub else home / "hub", Path(ds) if ds else home / "datasets"]
+
+
+def in_local_hf_cache(repo: str) -> bool:
+    """Whether ``repo`` was downloaded before (then ``datasets`` can load it offline)."""
+    hub_dir, ds_dir = _cache_dirs()
+    names = [hub_dir / f"datasets--{repo.replace('/', '--')}", ds_dir / repo.replace("/", "___")]
+    return any(p.is_dir() for p in names)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def unavailable_message(task: str, split: str, local: str, reason: str) -> str:
+    return (
+        f"cannot load {task} {split}: no local files ({local}) and the Hugging Face hub is "
+        f"not usable ({reason}). Either point data.root= at a folder with the official {task} "
+        f"release files (same layout as ../shared/data), or allow network access to the "
+        f"Hugging Face hub."
+    )
+
+
+def load_hub_rows(task: str, split: str, sources: Sequence[HubSource], local: str):
+    """Rows (dicts) of the first of ``sources`` that loads; :class:`DataError` otherwise.
+
+    ``local`` says which local files were looked for (it goes into the error message).
+    """
+    reason = offline_reason()
+    if reason is not None:
+        if not any(in_local_hf_cache(s.repo) for s in sources):
+            raise DataError(unavailable_message(task, split, local, f"offline: {reason}"))
+    else:
+        reason = probe_hub()
+        if reason is not None:
+            raise DataError(unavailable_message(task, split, local, reason))
+
+    import datasets  # only now: importing it costs ~1.5 s
+
+    errors = []
+    for src in sources:
+        try:
+            return datasets.load_dataset(
+                src.repo, src.config, split=src.split, revision=src.revision
+            )
+        except Exception as exc:  # noqa: BLE001 - we report every attempt in one line
+            errors.append(f"{src.repo}[{src.config or 'default'}:{src.split}]: {_one_line(exc)}")
+    raise DataError(
+        unavailable_message(task, split, local, "every hub source failed: " + "; ".join(errors))
+    )
+
+
+def field_list(value, key: str) -> list:
+    """A list-of-structs feature as a list of ``key`` values.
+
+    ``datasets`` returns a sequence of structs either as a dict of lists
+    (``{"text": [...], ...}``) or as a list of dicts, depending on how it was declared.
+    """
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return list(value.get(key) or [])
+    return [v[key] for v in value]

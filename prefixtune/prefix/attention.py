@@ -1,0 +1,155 @@
+"""How the prefix enters attention: concatenated to the keys/values inside the attention function.
+
+We register our own function in transformers' attention registry (`AttentionInterface`) rather
+than injecting the prefix through the KV cache as PEFT does. The cache then only ever holds real
+tokens, so beam search may reorder and duplicate it freely, the encoder's self-attention (which
+has no cache) is handled like every other attention, and a batch can mix prefixes of different
+lengths. The actual attention is transformers' own SDPA function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .architecture import Slot
+
+ATTN_IMPLEMENTATION = "prefixtune_sdpa"
+
+
+@dataclass
+class ActiveBatch:
+    """The prefix of every row of the batch now running through the model.
+
+    kv[kind] has shape (layers, 2, rows, kv_heads, L, head_dim), where rows is 1 (one prefix
+    shared by all rows) or the batch size. Generation repeats rows for beams on the fly.
+    """
+
+    kv: dict[str, torch.Tensor]
+    key_mask: torch.Tensor | None = None  # (rows, L) bool: False where a shorter prefix is padded
+    infix_start: torch.Tensor | None = None  # (rows,) long: first token index that sees the infix
+    _expanded: dict = field(default_factory=dict)
+    _masks: dict = field(default_factory=dict)
+
+    def rows(self, name: str, tensor: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
+        """`tensor` with `batch` rows: shared (1 row) is broadcast, B rows are repeated for beams."""
+        n = tensor.shape[dim]
+        if n == batch:
+            return tensor
+        key = (name, batch)
+        if key not in self._expanded:
+            if n == 1:
+                shape = list(tensor.shape)
+                shape[dim] = batch
+                out = tensor.expand(*shape)
+            elif batch % n == 0:
+                # generate() expands each input row into consecutive beams (repeat_interleave)
+                out = tensor.repeat_interleave(batch // n, dim=dim)
+            else:
+                raise RuntimeError(f"prefix has {n} rows but the batch has {batch}")
+            self._expanded[key] = out
+        return self._expanded[key]
+
+    def key_values(self, slot: Slot, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = self.rows(slot.kind, self.kv[slot.kind], batch, dim=2)
+        return kv[slot.layer, 0], kv[slot.layer, 1]
+
+    def mask(
+        self,
+        slot: Slot,
+        attention_mask: torch.Tensor | None,
+        batch: int,
+        q_len: int,
+        kv_len: int,
+        prefix_len: int,
+        causal: bool,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """The model's mask with the prefix columns prepended; built once per forward and kind."""
+        memo = self._masks.get(slot.kind)
+        if memo is not None and memo[0] is attention_mask and memo[1] == (batch, q_len, kv_len):
+            return memo[2]
+        visible = None  # which prefix columns each query sees: (B, 1, q or 1, L)
+        if self.key_mask is not None:
+            visible = self.rows("key_mask", self.key_mask, batch, 0)[:, None, None, :]
+        if self.infix_start is not None:
+            start = self.rows("infix_start", self.infix_start, batch, 0)
+            q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+            sees = (q_pos[None, :] >= start[:, None])[:, None, :, None]
+            visible = sees if visible is None else visible & sees
+        real = attention_mask
+        if real is None and causal and q_len > 1:
+            # transformers left causality to SDPA's is_causal; with prefix columns we need it explicit
+            real = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+            real = real.tril(kv_len - q_len)[None, None]
+        if real is None and visible is None:
+            out = None
+        else:
+            if real is None:
+                real = torch.ones(1, 1, 1, kv_len, dtype=torch.bool, device=device)
+            if visible is None:
+                visible = torch.ones(1, 1, 1, prefix_len, dtype=torch.bool, device=device)
+            heads = real.shape[1]
+            visible = visible.expand(batch, heads, q_len, prefix_len)
+            if real.dtype != torch.bool:  # an additive float mask
+                zero = torch.zeros((), dtype=real.dtype, device=device)
+                low = torch.full((), torch.finfo(real.dtype).min, dtype=real.dtype, device=device)
+                visible = torch.where(visible, zero, low)
+            out = torch.cat([visible, real.expand(batch, heads, q_len, kv_len)], dim=-1)
+        self._masks[slot.kind] = (attention_mask, (batch, q_len, kv_len), out)
+        return out
+
+
+class PrefixState:
+    """Shared by the attention modules of one wrapped model: what the current call needs."""
+
+    def __init__(self) -> None:
+        self.active: ActiveBatch | None = None
+        self.capture: dict[Slot, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def prefix_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+):
+    hook = getattr(module, "_prefixtune", None)
+    if hook is not None:
+        state, slot = hook
+        if state.capture is not None:
+            state.capture[slot] = (key, value)
+        active = state.active
+        if active is not None and slot.kind in active.kv:
+            causal = kwargs.pop("is_causal", None)
+            causal = getattr(module, "is_causal", True) if causal is None else causal
+            batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
+            prefix_key, prefix_value = active.key_values(slot, batch)
+            attention_mask = active.mask(
+                slot,
+                attention_mask,
+                batch,
+                q_len,
+                kv_len,
+                prefix_key.shape[2],
+                causal,
+                query.device,
+            )
+            key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
+            value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
+            kwargs["is_causal"] = False  # causality is in the mask now
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, prefix_attention)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)

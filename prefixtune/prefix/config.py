@@ -1,0 +1,89 @@
+"""The prefix's hyperparameters, in the paper's words (Li & Liang, 2021, sections 4-7)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+from ..errors import UsageError
+
+
+class PrefixError(UsageError, ValueError):
+    """A problem with a prefix or its checkpoint; the message is one line, fit for a CLI."""
+
+
+class PrefixMode(str, Enum):
+    """Where the trainable activations sit."""
+
+    prefix = "prefix"  # [P; x; y]: every real token attends to P, at every layer
+    infix = "infix"  # [x; P; y]: only y (from the separator on) attends to P
+    embedding = "embedding"  # trainable input vectors only, as in prompt tuning
+
+
+class PrefixInit(str, Enum):
+    random = "random"
+    text = "text"  # the frozen LM's own activations on `init_text`
+
+
+@dataclass
+class PrefixConfig:
+    """Everything that defines a prefix; saved next to every checkpoint as JSON."""
+
+    length: int = 10
+    """L, the number of prefix positions."""
+    mode: str = "prefix"
+    """prefix | infix | embedding."""
+    reparam: bool = True
+    """Train P' through an MLP (k -> h, tanh, h -> P) instead of P directly; the paper found
+    direct optimisation unstable. Only P is kept after training."""
+    reparam_dim: int = 512
+    """k, the width of P'."""
+    reparam_hidden: int = 512
+    """h, the MLP's hidden width (512 for table-to-text, 800 for summarisation)."""
+    dropout: float = 0.0
+    """Dropout on P during training (the paper's code used 0.0 for GPT-2)."""
+    init: str = "random"
+    """random | text."""
+    init_text: str = "table-to-text:"
+    """The text whose activations initialise P when init=text. Its token count T rarely equals L:
+    with T < L the text's tokens are repeated cyclically up to L tokens, with T > L the first L
+    tokens are kept. Either way P holds the LM's real activations on a real L-token sequence."""
+
+    def __post_init__(self) -> None:
+        # Hydra hands over Enums; keep plain strings so the JSON stays plain.
+        self.mode = getattr(self.mode, "value", self.mode)
+        self.init = getattr(self.init, "value", self.init)
+        self.validate()
+
+    def validate(self) -> None:
+        if int(self.length) < 1:
+            raise PrefixError(f"prefix.length must be >= 1, got {self.length}")
+        _choice("prefix.mode", self.mode, PrefixMode)
+        _choice("prefix.init", self.init, PrefixInit)
+        if self.reparam and (self.reparam_dim < 1 or self.reparam_hidden < 1):
+            raise PrefixError("prefix.reparam_dim and prefix.reparam_hidden must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise PrefixError(f"prefix.dropout must be in [0, 1), got {self.dropout}")
+        if self.init == PrefixInit.text.value and not str(self.init_text).strip():
+            raise PrefixError("prefix.init=text needs a non-empty prefix.init_text")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrefixConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise PrefixError(
+                f"unknown prefix config keys {sorted(unknown)}; valid: {sorted(names)}"
+            )
+        return cls(**d)
+
+
+def _choice(name: str, value: object, enum: type[Enum]) -> None:
+    valid = [e.value for e in enum]
+    value = value.value if isinstance(value, Enum) else value
+    if value not in valid:
+        raise PrefixError(f"{name}={value!r} is not one of {valid}")
