@@ -226,7 +226,7 @@ def test_mixed_prefix_batch_equals_separate_runs(arch, tmp_path):
         together = model(input_ids=ids, attention_mask=mask, prefix=names).logits
     gen = model.generate(input_ids=ids, attention_mask=mask, prefix=names, **kw)
     width = ids.shape[1]
-    for i, (row, name) in enumerate(zip(rows, names)):
+    for i, (row, name) in enumerate(zip(rows, names, strict=True)):
         one = torch.tensor([row])
         with torch.no_grad():
             alone = model(input_ids=one, prefix=name).logits[0]

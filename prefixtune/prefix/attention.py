@@ -36,7 +36,7 @@ class ActiveBatch:
     _masks: dict = field(default_factory=dict)
 
     def rows(self, name: str, tensor: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
-        """`tensor` with `batch` rows: shared (1 row) is broadcast, B rows are repeated for beams."""
+        """`tensor` with `batch` rows: a shared row is broadcast, B rows repeated for beams."""
         n = tensor.shape[dim]
         if n == batch:
             return tensor
@@ -83,7 +83,7 @@ class ActiveBatch:
             visible = sees if visible is None else visible & sees
         real = attention_mask
         if real is None and causal and q_len > 1:
-            # transformers left causality to SDPA's is_causal; with prefix columns we need it explicit
+            # transformers left causality to SDPA's is_causal; prefix columns need it explicit
             real = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
             real = real.tril(kv_len - q_len)[None, None]
         if real is None and visible is None:

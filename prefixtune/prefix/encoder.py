@@ -28,7 +28,7 @@ class PrefixEncoder(nn.Module):
 
     @torch.no_grad()
     def fit(self, target: torch.Tensor) -> float:
-        """Make P equal `target` (L x width); returns the relative residual ||P - target|| / ||target||.
+        """Make P equal `target` (L x width); returns ||P - target|| / ||target||.
 
         With the MLP, P' and the first layer keep their random values and the last layer is
         solved by least squares on [tanh(W1 P' + b1), 1]: exact (up to float error) whenever

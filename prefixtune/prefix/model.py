@@ -1,4 +1,4 @@
-"""A frozen transformers LM with trainable prefixes: training forward, generate() and mixed batches."""
+"""A frozen transformers LM with trainable prefixes: forward, generate() and mixed batches."""
 
 from __future__ import annotations
 
@@ -221,7 +221,8 @@ class PrefixModel(nn.Module):
         attention_mask: torch.Tensor, lengths: torch.Tensor, infix_start: torch.Tensor | None
     ) -> torch.Tensor:
         """Real tokens take positions L, L+1, ... as if P were real past tokens (as in the paper's
-        code and PEFT); with an infix only the tokens after it are shifted. Left padding is skipped."""
+        code and PEFT); with an infix only the tokens after it are shifted. Left padding is skipped.
+        """
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         shift = lengths[:, None].expand_as(positions)
         if infix_start is not None:
