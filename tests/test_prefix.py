@@ -324,8 +324,9 @@ def test_init_text_shorter_or_longer_than_the_prefix():
             ids = torch.tensor([tok(expect)["input_ids"] + [7, 8]])
             real = model.base(input_ids=ids).logits[0, length:]
         torch.testing.assert_close(ours, real, atol=1e-4, rtol=1e-4)
-        for module in model.slots.values():  # unwrap so the next model can wrap the base
-            module._prefixtune = None
+        with pytest.raises(PrefixError, match="already wrapped"):
+            PrefixModel(base, direct(length))
+        model.unwrap()  # so the next model can wrap the base
 
 
 # ---------------------------------------------------------------------- variants

@@ -133,6 +133,22 @@ def prefix_attention(
             causal = getattr(module, "is_causal", True) if causal is None else causal
             batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
             prefix_key, prefix_value = active.key_values(slot, batch)
+            key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
+            value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
+            plain = active.key_mask is None and active.infix_start is None
+            if plain and attention_mask is None and causal and q_len == kv_len:
+                # No padding, whole sequence at once (training, prefill): prepending L dummy
+                # queries turns SDPA's top-left causal mask into "prefix + causal", so the fast
+                # unmasked kernel still runs; the dummy rows are dropped.
+                length = prefix_key.shape[2]
+                query = torch.cat(
+                    [query.new_zeros(batch, query.shape[1], length, query.shape[3]), query], 2
+                )
+                kwargs["is_causal"] = True
+                out, weights = sdpa_attention_forward(
+                    module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
+                )
+                return out[:, length:], weights
             attention_mask = active.mask(
                 slot,
                 attention_mask,
@@ -143,8 +159,6 @@ def prefix_attention(
                 causal,
                 query.device,
             )
-            key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
-            value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
             kwargs["is_causal"] = False  # causality is in the mask now
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

