@@ -151,6 +151,7 @@ def test_peft_export_loads_in_peft_with_same_logits(arch, tmp_path):
 GENERATE = {
     "greedy": dict(do_sample=False, num_beams=1),
     "beam": dict(do_sample=False, num_beams=4, length_penalty=0.8, num_return_sequences=2),
+    "sample": dict(do_sample=True, top_k=20, num_beams=1),
 }
 
 
@@ -167,9 +168,15 @@ def test_generate_with_cache_equals_full_recomputation(arch, search):
     model = randomize(PrefixModel(ALL[arch](), small(3)), seed=3)
     ids, mask = _inputs(arch)
     kw = dict(max_new_tokens=8, min_new_tokens=8, **GENERATE[search])
-    cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
-    full = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
-    plain = model.base.generate(input_ids=ids, attention_mask=mask, **kw)
+    runs = []
+    for gen, use_cache in (
+        (model.generate, True),
+        (model.generate, False),
+        (model.base.generate, True),
+    ):
+        torch.manual_seed(0)  # the same draws when sampling
+        runs.append(gen(input_ids=ids, attention_mask=mask, use_cache=use_cache, **kw))
+    cached, full, plain = runs
     assert torch.equal(cached, full)
     assert not torch.equal(cached, plain)  # the prefix is really used in generate()
 
