@@ -55,7 +55,7 @@ class PrefixModel(nn.Module):
         for slot, module in self.slots.items():
             if getattr(module, "_prefixtune", None) is not None:
                 raise PrefixError(
-                    "this base model is already wrapped by a PrefixModel; call .unwrap() on it first"
+                    "this base model is already wrapped by a PrefixModel; call .unwrap() first"
                 )
             module._prefixtune = (self.state, slot)
         self._base_attn = base.config._attn_implementation
