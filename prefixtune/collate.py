@@ -59,7 +59,8 @@ class Collator:
         return Encoded(self.encode_source(source), target_ids)
 
     def train_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
-        """Right-padded batch with labels; decoder-only rows also carry infix_start."""
+        """Right-padded batch with labels (an infix's place follows from the labels: see
+        PrefixModel.forward)."""
         if self.encoder_decoder:
             input_ids, mask = self._pad([it.source for it in items], left=False)
             labels, _ = self._pad([it.target for it in items], left=False, value=IGNORE)
@@ -78,13 +79,7 @@ class Collator:
         for row, it in enumerate(items):
             start = len(it.source)
             labels[row, start : start + len(it.target)] = torch.tensor(it.target)
-        infix_start = torch.tensor([len(it.source) for it in items], dtype=torch.long)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "labels": labels,
-            "infix_start": infix_start,
-        }
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
     def generation_batch(self, sources: list[str]) -> dict[str, torch.Tensor]:
         """Prompts ``x <eos>``: left-padded for decoder-only, right-padded for the encoder."""

@@ -29,7 +29,6 @@ from prefixtune.config import (
     Arch,
     EvalSplit,
     MethodName,
-    PrefixMode,
     TaskName,
     semantic_overrides,
     to_container,
@@ -89,7 +88,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     base, tokenizer = load_model(cfg.model, root)
     encoder_decoder = Arch(_v(cfg.model.arch)) is Arch.encoder_decoder
     method = MethodName(_v(cfg.method.name))
-    infix = method is MethodName.prefix and PrefixMode(_v(cfg.prefix.mode)) is PrefixMode.infix
     model = apply_method(base, cfg, tokenizer)
     counts = parameter_counts(model, base)
     collator = Collator(
@@ -171,8 +169,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
                 for j in range(rank * cfg.train.batch_size, (rank + 1) * cfg.train.batch_size)
             ]
             batch = _to_device(collator.train_batch([train_items[i] for i in chunk]), accelerator)
-            if not infix:
-                batch.pop("infix_start", None)
             model.train()
             loss = model(**batch).loss
             losses = accelerator.gather(loss.detach().reshape(1))
@@ -193,7 +189,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             lr = scheduler.get_last_lr()[0]
             logger.log({"step": step, "split": "train", "loss": losses.mean().item(), "lr": lr})
             if step % eval_every == 0 or step == total_steps:
-                dev_loss = _dev_loss(model, collator, dev_items, cfg, accelerator, infix)
+                dev_loss = _dev_loss(model, collator, dev_items, cfg, accelerator)
                 improved = dev_loss < best["loss"]
                 if improved:
                     best = {"loss": dev_loss, "step": step, "params": ckpt.trainable_state(raw)}
@@ -292,7 +288,8 @@ def _eval_sets(cfg, task, root, subset, dev_ex, load_split) -> list[tuple[str, l
     names = {EvalSplit.dev: ["dev"], EvalSplit.test: ["test"], EvalSplit.both: ["dev", "test"]}
     sets = []
     for name in names.get(split, []):
-        examples = dev_ex if name == "dev" else load_split(task, "test", root, subset=subset)
+        test_subset = cfg.task.eval_subset or subset  # extrapolation: train seen, test all
+        examples = dev_ex if name == "dev" else load_split(task, "test", root, subset=test_subset)
         if cfg.eval.max_examples > 0:
             examples = examples[: cfg.eval.max_examples]
         sets.append((name, examples))
@@ -316,7 +313,6 @@ def _dev_loss(
     items: list[Encoded],
     cfg: DictConfig,
     accelerator: Accelerator,
-    infix: bool,
 ) -> float:
     """Token-weighted mean loss on the dev pairs (each process takes every world-th batch)."""
     model.eval()
@@ -325,8 +321,6 @@ def _dev_loss(
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for chunk in batches[accelerator.process_index :: accelerator.num_processes]:
         batch = _to_device(collator.train_batch(chunk), accelerator)
-        if not infix:
-            batch.pop("infix_start", None)
         n = collator.target_tokens(batch)
         total[0] += model(**batch).loss.double() * n
         total[1] += n
