@@ -19,7 +19,7 @@ from prefixtune.config import register_configs, validate
 from prefixtune.errors import UsageError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-GROUPS = ("task", "model", "method", "logger", "experiment", "debug")
+GROUPS = ("task", "model", "method", "logger", "experiment", "debug", "prefix_init", "sweep")
 # Hydra flags that take a value as the next argument.
 _FLAGS_WITH_VALUE = {
     "-cn",

@@ -74,6 +74,7 @@ class WandbMode(Enum):
 class TaskConfig:
     name: TaskName = TaskName.e2e
     subset: str = "all"  # passed to prefixtune.data.load_split (webnlg: all | seen | unseen)
+    eval_subset: str = ""  # the test split's subset; "" = subset (extrapolation: seen -> all)
     max_source_tokens: int = 256  # x is cut to this many tokens (XSum: 512, as in the paper)
     max_target_tokens: int = 128  # y is cut to this many tokens for training
 
