@@ -1,0 +1,8 @@
+"""The one error type of the scorer."""
+
+
+class ScoreError(Exception):
+    """A problem with the inputs or the tools of a scoring run; its message is one line.
+
+    The CLI prints it as ``error: <message>`` and exits with status 2, without a traceback.
+    """
