@@ -69,8 +69,11 @@ def build_cases(args):
     labels[:, : args.seq // 2] = -100  # loss on the target half, as in table-to-text
     prompt = ids[: args.gen_batch, :24]
     gen = dict(
-        num_beams=5, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-        do_sample=False, pad_token_id=0,
+        num_beams=5,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=False,
+        pad_token_id=0,
     )
     cases = {}
 
@@ -88,8 +91,12 @@ def build_cases(args):
     # PEFT prefix tuning with its MLP (its P' is as wide as the model; hidden 512)
     peft = get_peft_model(
         copy.deepcopy(base),
-        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.length,
-                           prefix_projection=True, encoder_hidden_size=512),
+        PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=args.length,
+            prefix_projection=True,
+            encoder_hidden_size=512,
+        ),
     )
     peft_opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
 
@@ -118,8 +125,14 @@ def build_cases(args):
         full_opt.step()
         full_opt.zero_grad(set_to_none=True)
 
-    cases.update({"train/ours": train_ours, "train/peft": train_peft,
-                  "train/floor": train_floor, "train/full": train_full})
+    cases.update(
+        {
+            "train/ours": train_ours,
+            "train/peft": train_peft,
+            "train/floor": train_floor,
+            "train/full": train_full,
+        }
+    )
 
     # generation, beam 5
     mixed = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
@@ -146,6 +159,7 @@ def build_cases(args):
         def run():
             with torch.no_grad():
                 model(input_ids=ids, **kw)
+
         return run
 
     cases["forward/ours"] = forward(mixed, prefix="p0")
@@ -198,8 +212,12 @@ def peak_memory_cpu(args, names):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default=None, choices=["smollm2-135m", "gpt2-medium-random"],
-                   help="default: smollm2-135m on cpu, gpt2-medium-random on cuda")
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=["smollm2-135m", "gpt2-medium-random"],
+        help="default: smollm2-135m on cpu, gpt2-medium-random on cuda",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=64)
@@ -242,8 +260,13 @@ def main() -> None:
     else:
         memory = peak_memory_cpu(args, list(cases))
     checks = [
-        {"case": a, "reference": b, "ratio": median[a] / median[b], "target": t,
-         "met": median[a] / median[b] <= t}
+        {
+            "case": a,
+            "reference": b,
+            "ratio": median[a] / median[b],
+            "target": t,
+            "met": median[a] / median[b] <= t,
+        }
         for a, b, t in TARGETS
     ]
     import peft
@@ -251,8 +274,11 @@ def main() -> None:
 
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "memory_case"},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "seconds": times,
         "median_s": median,
@@ -272,8 +298,11 @@ def main() -> None:
         "",
         "| ratio | value | target | met |",
         "|---|---|---|---|",
-        *[f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | <= {c['target']} | "
-          f"{'yes' if c['met'] else 'NO'} |" for c in checks],
+        *[
+            f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | <= {c['target']} | "
+            f"{'yes' if c['met'] else 'NO'} |"
+            for c in checks
+        ],
     ]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
