@@ -30,6 +30,7 @@ from transformers import (
 
 from prefixtune.config import Arch, MethodName, ModelSource
 from prefixtune.errors import UsageError
+from prefixtune.prefix.model import parameter_summary
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,4 @@ def parameter_counts(model: torch.nn.Module, base: PreTrainedModel) -> dict[str,
         return dict(model.parameter_counts())
     n_base = sum(p.numel() for p in base.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {
-        "base": n_base,
-        "stored": trainable,
-        "trainable": trainable,
-        "stored_pct": 100.0 * trainable / n_base,
-        "trainable_pct": 100.0 * trainable / n_base,
-    }
+    return parameter_summary(n_base, stored=trainable, trainable=trainable)

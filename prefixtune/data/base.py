@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,3 +71,11 @@ def local_files(
 def clean(text: str | None) -> str:
     """Strip a text field from XML/JSON (``None`` -> empty string)."""
     return (text or "").strip()
+
+
+def parse_xml(path: Path, dataset: str) -> ET.Element:
+    """The root of a release XML file; a broken file is a one-line DataError."""
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise DataError(f"{dataset}: cannot parse {path}: {exc}") from exc

@@ -28,10 +28,9 @@ meta: ``{"eid": str, "sources": tuple of annotation sources}`` (plus
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .base import DataError, Example, clean, local_files
+from .base import DataError, Example, clean, local_files, parse_xml
 from .hub import HubSource, field_list, load_hub_rows
 
 FOLDER = "dart"
@@ -88,10 +87,7 @@ def _json_example(i: int, d: dict) -> Example:
 
 
 def read_xml(path: Path) -> list[Example]:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise DataError(f"DART: cannot parse {path}: {exc}") from exc
+    root = parse_xml(path, "DART")
     out = []
     for entry in root.iter("entry"):
         triples = [

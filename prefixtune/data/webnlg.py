@@ -28,10 +28,9 @@ those entries only (test: 971 seen, 891 unseen).
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .base import DataError, Example, clean, local_files
+from .base import DataError, Example, clean, local_files, parse_xml
 from .hub import HubSource, field_list, load_hub_rows
 
 FOLDER = "webnlg2017"
@@ -96,10 +95,7 @@ def _example(triples, texts, comments, category, eid, size) -> Example:
 
 
 def read_xml(path: Path) -> list[Example]:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise DataError(f"WebNLG: cannot parse {path}: {exc}") from exc
+    root = parse_xml(path, "WebNLG")
     out = []
     for entry in root.iter("entry"):
         triples = [clean(t.text) for t in entry.iterfind("modifiedtripleset/mtriple")]

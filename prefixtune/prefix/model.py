@@ -111,13 +111,7 @@ class PrefixModel(nn.Module):
         base = sum(p.numel() for p in self.base.parameters())
         stored = sum(enc.length * enc.width for enc in self.encoders.values())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return {
-            "base": base,
-            "stored": stored,
-            "trainable": trainable,
-            "stored_pct": 100.0 * stored / base,
-            "trainable_pct": 100.0 * trainable / base,
-        }
+        return parameter_summary(base, stored, trainable)
 
     # ------------------------------------------------------------------ the LM's own activations
     def _capture(self, input_ids=None, inputs_embeds=None) -> dict[str, torch.Tensor]:
@@ -355,6 +349,17 @@ class PrefixModel(nn.Module):
         from .peft_export import export_peft
 
         return export_peft(self, folder)
+
+
+def parameter_summary(base: int, stored: int, trainable: int) -> dict:
+    """Counts of stored and trainable parameters, each also as a percentage of the base model."""
+    return {
+        "base": base,
+        "stored": stored,
+        "trainable": trainable,
+        "stored_pct": 100.0 * stored / base,
+        "trainable_pct": 100.0 * trainable / base,
+    }
 
 
 def _flatten(kv: torch.Tensor) -> torch.Tensor:
