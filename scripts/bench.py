@@ -57,7 +57,10 @@ def load_base(args):
 
 
 def build_cases(args):
-    """name -> a zero-argument callable doing one step, all on the same batch."""
+    """name -> factory; a factory builds what its case needs (models are shared through a
+    cache) and returns a zero-argument callable doing one step. All cases use the same batch."""
+    import functools
+
     from peft import PrefixTuningConfig, get_peft_model
 
     dev = args.device
@@ -68,6 +71,7 @@ def build_cases(args):
     labels = ids.clone()
     labels[:, : args.seq // 2] = -100  # loss on the target half, as in table-to-text
     prompt = ids[: args.gen_batch, :24]
+    mask = torch.ones_like(prompt)
     gen = dict(
         num_beams=5,
         max_new_tokens=args.new_tokens,
@@ -75,96 +79,102 @@ def build_cases(args):
         do_sample=False,
         pad_token_id=0,
     )
-    cases = {}
 
-    # ours: P = MLP(P'), k = h = 512
-    ours = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
-    ours_opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    @functools.cache
+    def ours():  # P = MLP(P'), k = h = 512
+        model = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        return model, opt
 
-    def train_ours():
-        ours.train()
-        loss = ours(input_ids=ids, labels=labels).loss
-        loss.backward()
-        ours_opt.step()
-        ours_opt.zero_grad(set_to_none=True)
-
-    # PEFT prefix tuning with its MLP (its P' is as wide as the model; hidden 512)
-    peft = get_peft_model(
-        copy.deepcopy(base),
-        PrefixTuningConfig(
+    @functools.cache
+    def peft():  # PEFT prefix tuning with its MLP (its P' is as wide as the model; hidden 512)
+        config = PrefixTuningConfig(
             task_type="CAUSAL_LM",
             num_virtual_tokens=args.length,
             prefix_projection=True,
             encoder_hidden_size=512,
-        ),
-    )
-    peft_opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
+        )
+        model = get_peft_model(copy.deepcopy(base), config)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        return model, opt
+
+    @functools.cache
+    def frozen():
+        return copy.deepcopy(base).requires_grad_(False)
+
+    @functools.cache
+    def mixed():  # one model holding 4 saved prefixes
+        model = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
+        folder = Path(args.out) / "prefixes"
+        for i in range(4):
+            torch.manual_seed(i)
+            tmp = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length, reparam=False))
+            tmp.save_prefix(folder / f"p{i}")
+            model.add_prefix(f"p{i}", folder / f"p{i}")
+        return model.eval()
+
+    def step(model, opt, **kw):
+        model.train()
+        model(input_ids=ids, labels=labels, **kw).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def train_ours():
+        model, opt = ours()
+        return lambda: step(model, opt)
 
     def train_peft():
-        peft.train()
-        loss = peft(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
-        loss.backward()
-        peft_opt.step()
-        peft_opt.zero_grad(set_to_none=True)
+        model, opt = peft()
+        return lambda: step(model, opt, attention_mask=torch.ones_like(ids))
 
-    # the floor: frozen forward + backward through every layer, no prefix
-    frozen = copy.deepcopy(base).requires_grad_(False)
+    def train_floor():  # frozen forward + backward through every layer, no prefix
+        model = frozen()
 
-    def train_floor():
-        frozen.train()
-        embeds = frozen.get_input_embeddings()(ids).detach().requires_grad_(True)
-        frozen(inputs_embeds=embeds, labels=labels).loss.backward()
-
-    # full fine-tuning
-    full = copy.deepcopy(base).requires_grad_(True)
-    full_opt = torch.optim.AdamW(full.parameters(), lr=1e-5)
-
-    def train_full():
-        full.train()
-        full(input_ids=ids, labels=labels).loss.backward()
-        full_opt.step()
-        full_opt.zero_grad(set_to_none=True)
-
-    cases.update(
-        {
-            "train/ours": train_ours,
-            "train/peft": train_peft,
-            "train/floor": train_floor,
-            "train/full": train_full,
-        }
-    )
-
-    # generation, beam 5
-    mixed = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length))
-    folder = Path(args.out) / "prefixes"
-    for i in range(4):
-        torch.manual_seed(i)
-        tmp = PrefixModel(copy.deepcopy(base), PrefixConfig(length=args.length, reparam=False))
-        tmp.save_prefix(folder / f"p{i}")
-        tmp.unwrap()
-        mixed.add_prefix(f"p{i}", folder / f"p{i}")
-    names = [f"p{i % 4}" for i in range(args.gen_batch)]
-    ours.eval()
-    peft.eval()
-    mask = torch.ones_like(prompt)
-
-    cases["generate/ours"] = lambda: ours.generate(input_ids=prompt, attention_mask=mask, **gen)
-    cases["generate/peft"] = lambda: peft.generate(input_ids=prompt, attention_mask=mask, **gen)
-    cases["generate/base"] = lambda: frozen.generate(input_ids=prompt, attention_mask=mask, **gen)
-    cases["generate/mixed4"] = lambda: mixed.generate(
-        input_ids=prompt, attention_mask=mask, prefix=names, **gen
-    )
-
-    def forward(model, **kw):
         def run():
-            with torch.no_grad():
-                model(input_ids=ids, **kw)
+            model.train()
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            model(inputs_embeds=embeds, labels=labels).loss.backward()
 
         return run
 
-    cases["forward/ours"] = forward(mixed, prefix="p0")
-    cases["forward/mixed4"] = forward(mixed, prefix=[f"p{i % 4}" for i in range(args.batch)])
-    return cases
+    def train_full():
+        model = copy.deepcopy(base).requires_grad_(True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        return lambda: step(model, opt)
+
+    def generate(get, **kw):
+        def factory():
+            model = get()
+            model = model[0] if isinstance(model, tuple) else model
+            model.eval()
+            return lambda: model.generate(input_ids=prompt, attention_mask=mask, **gen, **kw)
+
+        return factory
+
+    def forward(prefix):
+        def factory():
+            model = mixed()
+
+            def run():
+                with torch.no_grad():
+                    model(input_ids=ids, prefix=prefix)
+
+            return run
+
+        return factory
+
+    return {
+        "train/ours": train_ours,
+        "train/peft": train_peft,
+        "train/floor": train_floor,
+        "train/full": train_full,
+        "generate/ours": generate(ours),
+        "generate/peft": generate(peft),
+        "generate/base": generate(frozen),
+        "generate/mixed4": generate(mixed, prefix=[f"p{i % 4}" for i in range(args.gen_batch)]),
+        "forward/ours": forward("p0"),
+        "forward/mixed4": forward([f"p{i % 4}" for i in range(args.batch)]),
+    }
 
 
 def sync(device):
@@ -237,9 +247,8 @@ def main() -> None:
         args.out = str(Path("outputs/bench") / f"{stamp}_{args.device}")
     out = Path(args.out)
 
-    if args.memory_case:  # child process of peak_memory_cpu
-        cases = build_cases(args)
-        fn = cases[args.memory_case]
+    if args.memory_case:  # child process of peak_memory_cpu: build only this case's models
+        fn = build_cases(args)[args.memory_case]()
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         fn()
         fn()
@@ -250,15 +259,16 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         sys.exit(f"error: {out} exists and is not empty; pass another --out")
     out.mkdir(parents=True, exist_ok=True)
-    cases = build_cases(args)
+    factories = build_cases(args)
+    memory = {}
+    if not args.no_memory and not args.device.startswith("cuda"):
+        # Before this process grows: Linux starts a child's peak RSS at its parent's size.
+        memory = peak_memory_cpu(args, list(factories))
+    cases = {name: factory() for name, factory in factories.items()}
     times = time_cases(args, cases)
     median = {name: statistics.median(t) for name, t in times.items()}
-    if args.no_memory:
-        memory = {}
-    elif args.device.startswith("cuda"):
+    if not args.no_memory and args.device.startswith("cuda"):
         memory = peak_memory_cuda(args, cases)
-    else:
-        memory = peak_memory_cpu(args, list(cases))
     checks = [
         {
             "case": a,
