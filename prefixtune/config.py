@@ -185,9 +185,9 @@ NON_SEMANTIC_KEYS = ("resume", "output_dir", "hydra.", "logger", "eval.batch_siz
 
 def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     """Reject combinations the schema cannot express; raises UsageError with one line."""
-    method = MethodName(_value(cfg.method.name))
-    arch = Arch(_value(cfg.model.arch))
-    mode = PrefixMode(_value(cfg.prefix.mode))
+    method = MethodName(enum_value(cfg.method.name))
+    arch = Arch(enum_value(cfg.model.arch))
+    mode = PrefixMode(enum_value(cfg.prefix.mode))
     if method is MethodName.prefix:
         if cfg.prefix.length < 1:
             raise UsageError(f"prefix.length must be >= 1 (got {cfg.prefix.length})")
@@ -196,7 +196,7 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
                 f"prefix.mode={mode.value} needs a decoder-only model; "
                 f"model={cfg.model.name} is encoder-decoder (use prefix.mode=prefix)"
             )
-        if PrefixInit(_value(cfg.prefix.init)) is PrefixInit.text and not cfg.prefix.init_text:
+        if PrefixInit(enum_value(cfg.prefix.init)) is PrefixInit.text and not cfg.prefix.init_text:
             raise UsageError("prefix.init=text needs a non-empty prefix.init_text")
         if cfg.prefix.reparam and (cfg.prefix.reparam_dim < 1 or cfg.prefix.reparam_hidden < 1):
             raise UsageError("prefix.reparam_dim and prefix.reparam_hidden must be >= 1")
@@ -224,7 +224,8 @@ def _is_prefix_key(override: str) -> bool:
     return override.lstrip("+~").startswith("prefix.")
 
 
-def _value(v: Any) -> Any:
+def enum_value(v: Any) -> Any:
+    """A config value as plain data: Hydra hands Enum fields over as Enums."""
     return v.value if isinstance(v, Enum) else v
 
 

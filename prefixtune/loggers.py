@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig
 
 from prefixtune.checkpoint import write_text
-from prefixtune.config import LoggerName, MethodName, to_container
+from prefixtune.config import LoggerName, MethodName, enum_value, to_container
 
 LOSSES = "losses.jsonl"
 
@@ -58,19 +58,15 @@ class JsonlLogger:
         self.file.close()
 
 
-def _v(x: Any) -> Any:
-    return getattr(x, "value", x)
-
-
 def ablation(cfg: DictConfig) -> tuple[str, list[str], str]:
     """(group, tags, name): group = task-model-method, tags = the ablation's values."""
-    task, model, method = _v(cfg.task.name), cfg.model.name, _v(cfg.method.name)
+    task, model, method = enum_value(cfg.task.name), cfg.model.name, enum_value(cfg.method.name)
     group = f"{task}-{model}-{method}"
     tags = [f"task:{task}", f"model:{model}", f"method:{method}"]
     name = group
     if MethodName(method) is MethodName.prefix:
         p = cfg.prefix
-        mode, init = _v(p.mode), _v(p.init)
+        mode, init = enum_value(p.mode), enum_value(p.init)
         tags += [f"prefix.length:{p.length}", f"prefix.mode:{mode}", f"prefix.init:{init}"]
         name += f"-L{p.length}-{mode}-{init}"
     return group, tags, f"{name}-seed{cfg.seed}"
@@ -91,7 +87,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=opts.project,
             entity=opts.entity,
-            mode=_v(opts.mode),
+            mode=enum_value(opts.mode),
             group=opts.group or group,
             tags=tags + list(opts.tags),
             name=name,
@@ -157,6 +153,6 @@ class NullLogger:
 
 def make_logger(cfg: DictConfig, folder: str | os.PathLike, resume_step: int | None) -> Logger:
     loggers: list[Logger] = [JsonlLogger(folder, resume_step)]
-    if LoggerName(_v(cfg.logger.name)) is LoggerName.wandb:
+    if LoggerName(enum_value(cfg.logger.name)) is LoggerName.wandb:
         loggers.append(WandbLogger(cfg, folder))
     return MultiLogger(loggers)

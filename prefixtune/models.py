@@ -28,7 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prefixtune.config import Arch, MethodName, ModelSource
+from prefixtune.config import Arch, MethodName, ModelSource, enum_value
 from prefixtune.errors import UsageError
 from prefixtune.prefix.model import parameter_summary
 
@@ -44,8 +44,8 @@ def cache_root() -> Path:
 def load_model(
     model_cfg: DictConfig, data_root: str | os.PathLike | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    source = ModelSource(_v(model_cfg.source))
-    arch = Arch(_v(model_cfg.arch))
+    source = ModelSource(enum_value(model_cfg.source))
+    arch = Arch(enum_value(model_cfg.arch))
     if source is ModelSource.gguf:
         folder = gguf_to_safetensors(model_cfg.gguf_package, model_cfg.gguf_file, model_cfg.name)
         model, tok = _from_folder(folder, arch), AutoTokenizer.from_pretrained(folder)
@@ -61,10 +61,6 @@ def load_model(
         tok.pad_token = tok.eos_token
     model.float().eval()
     return model, tok
-
-
-def _v(x: Any) -> Any:
-    return getattr(x, "value", x)
 
 
 def _from_folder(folder: str | Path, arch: Arch) -> PreTrainedModel:
@@ -182,19 +178,19 @@ def apply_method(
     base: PreTrainedModel, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase
 ) -> torch.nn.Module:
     """Wrap or freeze the base model according to method=; returns the module to train."""
-    method = MethodName(_v(cfg.method.name))
+    method = MethodName(enum_value(cfg.method.name))
     if method is MethodName.prefix:
         from prefixtune.prefix import PrefixConfig, PrefixModel
 
         p = cfg.prefix
         prefix_cfg = PrefixConfig(
             length=p.length,
-            mode=_v(p.mode),
+            mode=enum_value(p.mode),
             reparam=p.reparam,
             reparam_dim=p.reparam_dim,
             reparam_hidden=p.reparam_hidden,
             dropout=p.dropout,
-            init=_v(p.init),
+            init=enum_value(p.init),
             init_text=p.init_text,
         )
         return PrefixModel(base, prefix_cfg, tokenizer=tokenizer)

@@ -30,6 +30,7 @@ from prefixtune.config import (
     EvalSplit,
     MethodName,
     TaskName,
+    enum_value,
     semantic_overrides,
     to_container,
     validate,
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(UsageError):
     """The loss became NaN/inf: training stops, the last good checkpoint is kept."""
-
-
-def _v(x: Any) -> Any:
-    return getattr(x, "value", x)
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -66,7 +63,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     from prefixtune.data import default_data_root, load_split, low_data_split, training_pairs
 
     root = cfg.data.root or default_data_root()
-    task = _v(cfg.task.name)
+    task = enum_value(cfg.task.name)
     subset = cfg.task.subset
     if cfg.train.low_data > 0:
         pool = load_split(task, "train", root, subset=subset)
@@ -86,8 +83,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     # ---- model ------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     base, tokenizer = load_model(cfg.model, root)
-    encoder_decoder = Arch(_v(cfg.model.arch)) is Arch.encoder_decoder
-    method = MethodName(_v(cfg.method.name))
+    encoder_decoder = Arch(enum_value(cfg.model.arch)) is Arch.encoder_decoder
+    method = MethodName(enum_value(cfg.method.name))
     model = apply_method(base, cfg, tokenizer)
     counts = parameter_counts(model, base)
     collator = Collator(
@@ -284,7 +281,7 @@ def _agree_on_run_dir(accelerator: Accelerator, cfg: DictConfig, overrides: list
 
 
 def _eval_sets(cfg, task, root, subset, dev_ex, load_split) -> list[tuple[str, list]]:
-    split = EvalSplit(_v(cfg.eval.split))
+    split = EvalSplit(enum_value(cfg.eval.split))
     names = {EvalSplit.dev: ["dev"], EvalSplit.test: ["test"], EvalSplit.both: ["dev", "test"]}
     sets = []
     for name in names.get(split, []):
