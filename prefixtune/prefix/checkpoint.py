@@ -6,15 +6,14 @@ Loading never unpickles anything: safetensors holds raw tensors and the config i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ..checkpoint import atomic_write, write_text
 from .config import PrefixConfig, PrefixError
 
 if TYPE_CHECKING:
@@ -22,17 +21,6 @@ if TYPE_CHECKING:
 
 FORMAT = "prefixtune-prefix/1"
 WEIGHTS, CONFIG = "prefix.safetensors", "prefix_config.json"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _signature(model: PrefixModel) -> dict:
@@ -59,8 +47,9 @@ def save_prefix(model: PrefixModel, folder: str | Path, dtype: torch.dtype | Non
         "base_model": getattr(model.base.config, "name_or_path", "") or "",
         **_signature(model),
     }
-    _atomic_write(folder / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-    _atomic_write(folder / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    weights = save(tensors, metadata={"format": FORMAT})
+    atomic_write(folder / WEIGHTS, lambda f: f.write(weights), mode="wb")
+    write_text(folder / CONFIG, json.dumps(meta, indent=2) + "\n")
     return folder
 
 
