@@ -416,3 +416,35 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
         PrefixModel.from_prefix(tiny_gpt2(), tmp_path / "p")
     with pytest.raises(PrefixError, match="is missing"):
         PrefixModel.from_prefix(tiny_gpt2(), tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_cpu_and_accelerator_attention_paths_agree(arch, monkeypatch):
+    """The CPU path (one masked SDPA call with grouped heads) and the accelerator path (dummy
+    queries and the causal flag when there is no padding, transformers' SDPA otherwise) must
+    compute the same thing: forward, gradients and beam search."""
+    from prefixtune.prefix import attention
+
+    model = randomize(PrefixModel(ALL[arch](), small(3)), seed=4)
+    ids = torch.randint(3, VOCAB, (3, 7))
+    padded, padded_mask = _inputs(arch)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, num_beams=3)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.encoders.parameters()]
+        with torch.no_grad():
+            logits = model(input_ids=padded, attention_mask=padded_mask).logits
+        generated = model.generate(input_ids=padded, attention_mask=padded_mask, **kw)
+        return out.logits.detach(), grads, logits, generated
+
+    cpu = run()
+    monkeypatch.setattr(attention, "_cpu_kernels", lambda query: False)
+    accelerator = run()
+    torch.testing.assert_close(cpu[0], accelerator[0], atol=ATOL, rtol=1e-5)
+    for a, b in zip(cpu[1], accelerator[1], strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(cpu[2], accelerator[2], atol=ATOL, rtol=1e-5)
+    assert torch.equal(cpu[3], accelerator[3])

@@ -4,7 +4,8 @@ We register our own function in transformers' attention registry (`AttentionInte
 than injecting the prefix through the KV cache as PEFT does. The cache then only ever holds real
 tokens, so beam search may reorder and duplicate it freely, the encoder's self-attention (which
 has no cache) is handled like every other attention, and a batch can mix prefixes of different
-lengths. The actual attention is transformers' own SDPA function.
+lengths. The attention itself is one SDPA call over [P; K]: on the CPU PyTorch's, given the mask
+and the grouped key/value heads directly; elsewhere transformers' own SDPA function.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -55,8 +57,13 @@ class ActiveBatch:
         return self._expanded[key]
 
     def key_values(self, slot: Slot, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        kv = self.rows(slot.kind, self.kv[slot.kind], batch, dim=2)
-        return kv[slot.layer, 0], kv[slot.layer, 1]
+        key = ("layers", slot.kind, batch)
+        if key not in self._expanded:
+            # split once per forward: indexing the whole bank per layer would make autograd
+            # zero-fill and add a bank-sized gradient 2 x layers times
+            kv = self.rows(slot.kind, self.kv[slot.kind], batch, dim=2)
+            self._expanded[key] = [layer.unbind(0) for layer in kv.unbind(0)]
+        return self._expanded[key][slot.layer]
 
     def mask(
         self,
@@ -112,6 +119,25 @@ class PrefixState:
         self.capture: dict[Slot, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
+def _cpu_kernels(query: torch.Tensor) -> bool:
+    """Which of the two fast paths below suits the device (the tests run both on the CPU)."""
+    return query.device.type == "cpu"
+
+
+def _prepend_queries(module, query, key, value, dropout, scaling, kwargs):
+    """No padding, whole sequence at once (training, prefill) on an accelerator: prepending L
+    dummy queries turns SDPA's top-left causal mask into "prefix + causal", so the fused
+    unmasked kernels still run (they take no mask); the dummy rows are dropped."""
+    batch, heads, _, head_dim = query.shape
+    length = key.shape[2] - query.shape[2]
+    query = torch.cat([query.new_zeros(batch, heads, length, head_dim), query], 2)
+    kwargs["is_causal"] = True
+    out, weights = sdpa_attention_forward(
+        module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
+    )
+    return out[:, length:], weights
+
+
 def prefix_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -133,32 +159,30 @@ def prefix_attention(
             causal = getattr(module, "is_causal", True) if causal is None else causal
             batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
             prefix_key, prefix_value = active.key_values(slot, batch)
+            length = prefix_key.shape[2]
             key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
             value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
             plain = active.key_mask is None and active.infix_start is None
-            if plain and attention_mask is None and causal and q_len == kv_len:
-                # No padding, whole sequence at once (training, prefill): prepending L dummy
-                # queries turns SDPA's top-left causal mask into "prefix + causal", so the fast
-                # unmasked kernel still runs; the dummy rows are dropped.
-                length = prefix_key.shape[2]
-                query = torch.cat(
-                    [query.new_zeros(batch, query.shape[1], length, query.shape[3]), query], 2
-                )
-                kwargs["is_causal"] = True
-                out, weights = sdpa_attention_forward(
-                    module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
-                )
-                return out[:, length:], weights
+            on_cpu = _cpu_kernels(query)
+            if not on_cpu and plain and attention_mask is None and causal and q_len == kv_len:
+                return _prepend_queries(module, query, key, value, dropout, scaling, kwargs)
             attention_mask = active.mask(
-                slot,
-                attention_mask,
-                batch,
-                q_len,
-                kv_len,
-                prefix_key.shape[2],
-                causal,
-                query.device,
+                slot, attention_mask, batch, q_len, kv_len, length, causal, query.device
             )
+            if on_cpu and q_len > 1:
+                # PyTorch's CPU kernel takes a mask and grouped heads at once; transformers
+                # would repeat the key/value heads whenever a mask is given (for one query it
+                # packs the heads instead, which is as fast)
+                out = F.scaled_dot_product_attention(
+                    query,
+                    key,
+                    value,
+                    attn_mask=attention_mask,
+                    dropout_p=dropout,
+                    scale=scaling,
+                    enable_gqa=query.shape[1] != key.shape[1],
+                )
+                return out.transpose(1, 2).contiguous(), None
             kwargs["is_causal"] = False  # causality is in the mask now
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
