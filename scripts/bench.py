@@ -6,7 +6,9 @@
 Every case runs on the same batch, side by side in one process, interleaved round by round so
 that machine noise hits all cases alike; the table reports medians and ratios. Peak memory is
 measured per case: on CUDA with the allocator's peak counter, on CPU in a fresh subprocess per
-case (peak RSS growth over the loaded model). Results go to --out as JSON and Markdown.
+case (the highest resident size seen while the case runs, above the size just before it; sampled
+every millisecond, so a peak shorter than that can be missed). Results go to --out as JSON and
+Markdown.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -209,8 +210,40 @@ def peak_memory_cuda(args, cases):
     return out
 
 
+class RssSampler:
+    """The process's resident size (from /proc/self/statm) at entry and its highest value until
+    exit, sampled every millisecond by a thread. The kernel's ru_maxrss cannot do this: a case
+    whose peak stays below the model-loading peak would read 0."""
+
+    def __init__(self) -> None:
+        import os
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _now(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._now())
+
+    def __enter__(self) -> RssSampler:
+        self.start = self.peak = self._now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._now())
+
+
 def peak_memory_cpu(args, names):
-    """One fresh process per case: peak RSS growth while running it twice, in MiB."""
+    """One fresh process per case: the growth of its resident size while running it, in MiB."""
     out = {}
     for name in names:
         cmd = [sys.executable, __file__, "--_memory-case", name, *sys.argv[1:]]
@@ -249,11 +282,11 @@ def main() -> None:
 
     if args.memory_case:  # child process of peak_memory_cpu: build only this case's models
         fn = build_cases(args)[args.memory_case]()
-        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"peak_mib": (peak - base_rss) / 1024}))
+        with RssSampler() as rss:
+            fn()
+            fn()
+        peak = rss.peak - rss.start
+        print(json.dumps({"peak_mib": peak / 2**20}))
         return
 
     if out.exists() and any(out.iterdir()):
@@ -262,7 +295,7 @@ def main() -> None:
     factories = build_cases(args)
     memory = {}
     if not args.no_memory and not args.device.startswith("cuda"):
-        # Before this process grows: Linux starts a child's peak RSS at its parent's size.
+        # In children started before this process loads its models: less memory at once.
         memory = peak_memory_cpu(args, list(factories))
     cases = {name: factory() for name, factory in factories.items()}
     times = time_cases(args, cases)
