@@ -117,12 +117,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     resolved = to_container(cfg)
     state = ckpt.load_checkpoint(out)
     step, best, bad_evals = 0, {"loss": math.inf, "step": 0, "params": None}, 0
+    earlier_s = 0.0  # wall time of earlier segments of a resumed run, up to their checkpoints
     if state is not None:
         _check_same_config(state["config"], resolved)
         ckpt.load_trainable(raw, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
+        earlier_s = state.get("elapsed_s", 0.0)
         ckpt.set_rng_state(state["rng"][accelerator.process_index])
         log.info("resumed from step %d of %d", step, total_steps)
     if main:
@@ -149,6 +151,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
                     "bad_evals": bad_evals,
                     "rng": rngs,
                     "config": resolved,
+                    "elapsed_s": earlier_s + time.time() - start,
                 },
             )
         accelerator.wait_for_everyone()
@@ -247,7 +250,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             "environment": runinfo.environment(),
             "processes": world,
             "parameters": counts,
-            "wall_time_s": time.time() - start,
+            "wall_time_s": earlier_s + time.time() - start,
+            "wall_time_this_segment_s": time.time() - start,
             "memory": runinfo.peak_memory_mb(),
             "resumed_from_step": state["step"] if state else None,
         }

@@ -118,7 +118,8 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
     proc.wait()
     (killed,) = list(runs.iterdir())
     assert not (killed / "metrics.json").exists()
-    killed_at = load_checkpoint(killed)["step"]
+    killed_state = load_checkpoint(killed)
+    killed_at = killed_state["step"]
     assert 1 <= killed_at < 6
 
     res = run_cli([*args, "resume=true"])
@@ -126,6 +127,9 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
     assert list(runs.iterdir()) == [killed]  # continued in place, no stray folder
     run = json.loads((killed / "run.json").read_text())
     assert run["resumed_from_step"] >= killed_at
+    # the wall time counts the killed segment (up to its checkpoint) and the resumed one
+    assert run["wall_time_s"] >= killed_state["elapsed_s"] + run["wall_time_this_segment_s"] - 1
+    assert run["wall_time_s"] > run["wall_time_this_segment_s"]
     assert json.loads((killed / "metrics.json").read_text()) == json.loads(
         (ref / "metrics.json").read_text()
     )
