@@ -11,7 +11,10 @@
 # start's), selects the best dev-loss checkpoint, and scores beam-5 outputs for the first 30
 # E2E test MRs: small budgets and a 30-MR slice, so compare settings with each other, not with
 # the paper's numbers. Jobs run one after another (each uses both cores).
-#   bash scripts/ablations_cpu.sh            # from the repository root
+#   bash scripts/ablations_cpu.sh                       # all three, from the repository root
+#   bash scripts/ablations_cpu.sh init position         # only these (prefix_length|init|position)
+# The committed results (docs/results/) ran each job on one thread (OMP_NUM_THREADS=1), about
+# 5.5 minutes a job, 90 minutes in all.
 # The multirun folders go to outputs/multirun/cpu_<name>_<date>; rerun a killed sweep's jobs by
 # adding resume=true hydra.sweep.dir=<that folder> to its command. The collector refuses to
 # write into an existing docs/results/<name>/: move the old results away first.
@@ -28,23 +31,37 @@ BUDGET=(
   eval.split=test eval.max_examples=30 eval.num_beams=5 eval.max_new_tokens=48
 )
 
+WANT=("${@:-prefix_length init position}")
+wanted() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
+for w in ${WANT[*]}; do
+  case $w in prefix_length | init | position) ;;
+  *) echo "error: unknown ablation '$w'; choose from: prefix_length init position" >&2; exit 2 ;;
+  esac
+done
+
 # 1. Prefix length (paper, figure 4, table-to-text panel): L in {1, 5, 10, 20, 40}.
-DIR=outputs/multirun/cpu_prefix_length_$STAMP
-python train.py -m sweep=prefix_length "${BUDGET[@]}" "hydra.sweep.dir=$DIR"
-python scripts/collect.py "$DIR" --out docs/results/prefix_length
+if wanted prefix_length; then
+  DIR=outputs/multirun/cpu_prefix_length_$STAMP
+  python train.py -m sweep=prefix_length "${BUDGET[@]}" "hydra.sweep.dir=$DIR"
+  python scripts/collect.py "$DIR" --out docs/results/prefix_length
+fi
 
 # 2. Initialisation in low data (paper, figure 5): E2E with 100 training examples and a
 #    30-example dev split, L=6 (experiment=e2e_lowdata) on SmolLM2, 50 steps of batch 8
 #    (4 epochs), 2 random subsamples x 1 seed per initialisation.
-DIR=outputs/multirun/cpu_init_$STAMP
-python train.py -m sweep=init experiment=e2e_lowdata model=smollm2-135m \
-  prefix_init=random,table-to-text,summarize,elephant train.low_data_seed=0,1 seed=1 \
-  train.lr=5e-4 train.batch_size=8 train.max_steps=50 train.eval_every=25 train.patience=0 \
-  eval.split=test eval.max_examples=30 eval.num_beams=5 eval.max_new_tokens=48 \
-  "hydra.sweep.dir=$DIR"
-python scripts/collect.py "$DIR" --out docs/results/init
+if wanted init; then
+  DIR=outputs/multirun/cpu_init_$STAMP
+  python train.py -m sweep=init experiment=e2e_lowdata model=smollm2-135m \
+    prefix_init=random,table-to-text,summarize,elephant train.low_data_seed=0,1 seed=1 \
+    train.lr=5e-4 train.batch_size=8 train.max_steps=50 train.eval_every=25 train.patience=0 \
+    eval.split=test eval.max_examples=30 eval.num_beams=5 eval.max_new_tokens=48 \
+    "hydra.sweep.dir=$DIR"
+  python scripts/collect.py "$DIR" --out docs/results/init
+fi
 
 # 3. Position and depth (paper, table 4): prefix vs embedding-only vs infix at L=10.
-DIR=outputs/multirun/cpu_position_$STAMP
-python train.py -m sweep=position prefix.length=10 "${BUDGET[@]}" "hydra.sweep.dir=$DIR"
-python scripts/collect.py "$DIR" --out docs/results/position
+if wanted position; then
+  DIR=outputs/multirun/cpu_position_$STAMP
+  python train.py -m sweep=position prefix.length=10 "${BUDGET[@]}" "hydra.sweep.dir=$DIR"
+  python scripts/collect.py "$DIR" --out docs/results/position
+fi

@@ -3,7 +3,12 @@
 The same as the ``prefixtune-collect`` command; the logic is prefixtune/collect.py.
 """
 
-from prefixtune.collect import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs without `pip install -e .`
+
+from prefixtune.collect import main  # noqa: E402
 
 if __name__ == "__main__":
     main()
