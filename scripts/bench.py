@@ -337,7 +337,10 @@ def main() -> None:
         "",
         "| case | median s | peak MiB |",
         "|---|---|---|",
-        *[f"| {n} | {median[n]:.3f} | {memory.get(n, float('nan')):.0f} |" for n in cases],
+        *[
+            f"| {n} | {median[n]:.3f} | {f'{memory[n]:.0f}' if n in memory else '-'} |"
+            for n in cases
+        ],
         "",
         "| ratio | value | target | met |",
         "|---|---|---|---|",
