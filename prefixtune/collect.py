@@ -306,19 +306,20 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _decimals(x: float) -> int:
+    return 2 if abs(x) >= 10 else 3 if abs(x) >= 1 else 4
+
+
 def _fmt(x: float) -> str:
-    if abs(x) >= 10:
-        return f"{x:.2f}"
-    if abs(x) >= 1:
-        return f"{x:.3f}"
-    return f"{x:.4f}"
+    return f"{x:.{_decimals(x)}f}"
 
 
 def cell(values: Sequence[float]) -> str:
+    """mean ± std, the std to the mean's decimals (68.06 ± 0.77, 0.4104 ± 0.0060)."""
     if not values:
         return "-"
     mean, std = mean_std(values)
-    return f"{_fmt(mean)} ± {_fmt(std)}" if len(values) > 1 else _fmt(mean)
+    return f"{_fmt(mean)} ± {std:.{_decimals(mean)}f}" if len(values) > 1 else _fmt(mean)
 
 
 def markdown(table: Table) -> str:

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Reduced ablations of the paper on this 2-core CPU with SmolLM2-135M-Instruct (the offline
 # default model), each sweep followed by its collector call writing into docs/results/<name>/.
-# Sized for about 60-90 minutes in all (estimates: a SmolLM2 prefix step at batch 8 ~2-3 s,
-# beam-5 generation ~1 s per output, ~15 s to load the model per job):
-#   1. prefix length on E2E, L in {1,5,10,20,40}:           5 jobs x ~3.5 min = ~17 min
-#   2. initialisation in low data (E2E, 100 examples):       8 jobs x ~3 min   = ~24 min
+# Measured on one thread per job (a SmolLM2 prefix step at batch 8 ~4.3 s, beam-5 generation
+# ~2 s per output, scoring and loading ~30 s):
+#   1. prefix length on E2E, L in {1,5,10,20,40}:           5 jobs x ~6 min = ~30 min
+#   2. initialisation in low data (E2E, 100 examples):       8 jobs x ~6.5 min = ~52 min
 #      random / "table-to-text:" / "summarize" / "elephant", 2 random subsamples, seed 1
-#   3. position: prefix vs embedding-only vs infix, L=10:    3 jobs x ~3.5 min = ~11 min
+#   3. position: prefix vs embedding-only vs infix, L=10:    3 jobs x ~6 min = ~18 min
 # Every run trains 50-60 steps of batch 8 (vs the paper's 5 epochs) with lr 5e-4 (the quick
 # start's), selects the best dev-loss checkpoint, and scores beam-5 outputs for the first 30
 # E2E test MRs: small budgets and a 30-MR slice, so compare settings with each other, not with
-# the paper's numbers. Jobs run one after another (each uses both cores).
+# the paper's numbers. Jobs run one after another.
 #   bash scripts/ablations_cpu.sh                       # all three, from the repository root
 #   bash scripts/ablations_cpu.sh init position         # only these (prefix_length|init|position)
-# The committed results (docs/results/) ran each job on one thread (OMP_NUM_THREADS=1), about
-# 5.5 minutes a job, 90 minutes in all.
+# The committed results (docs/results/) ran with OMP_NUM_THREADS=1; two of these scripts (with
+# different ablations) can then run side by side on 2 cores.
 # The multirun folders go to outputs/multirun/cpu_<name>_<date>; rerun a killed sweep's jobs by
 # adding resume=true hydra.sweep.dir=<that folder> to its command. The collector refuses to
 # write into an existing docs/results/<name>/: move the old results away first.

@@ -4,7 +4,8 @@
     python scripts/bench.py --device cuda         # GPT-2-medium-shaped random model on a GPU
 
 Every case runs on the same batch, side by side in one process, interleaved round by round so
-that machine noise hits all cases alike; the table reports medians and ratios. Peak memory is
+that machine noise hits all cases alike; the table reports medians, and each target's ratio as
+the median over rounds of the ratio within a round. Peak memory is
 measured per case: on CUDA with the allocator's peak counter, on CPU in a fresh subprocess per
 case (the highest resident size seen while the case runs, above the size just before it; sampled
 every millisecond, so a peak shorter than that can be missed). Results go to --out as JSON and
@@ -302,16 +303,21 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     if not args.no_memory and args.device.startswith("cuda"):
         memory = peak_memory_cuda(args, cases)
-    checks = [
-        {
-            "case": a,
-            "reference": b,
-            "ratio": median[a] / median[b],
-            "target": t,
-            "met": median[a] / median[b] <= t,
-        }
-        for a, b, t in TARGETS
-    ]
+    checks = []
+    for a, b, t in TARGETS:
+        # the ratio within each round, then its median: the machine's speed drifts between
+        # rounds (here by up to 20%), and both cases of a round ran within seconds of each other
+        ratio = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+        checks.append(
+            {
+                "case": a,
+                "reference": b,
+                "ratio": ratio,
+                "ratio_of_medians": median[a] / median[b],
+                "target": t,
+                "met": ratio <= t,
+            }
+        )
     import peft
     import transformers
 
@@ -342,11 +348,11 @@ def main() -> None:
             for n in cases
         ],
         "",
-        "| ratio | value | target | met |",
-        "|---|---|---|---|",
+        "| ratio (median of per-round ratios) | value | ratio of medians | target | met |",
+        "|---|---|---|---|---|",
         *[
-            f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | <= {c['target']} | "
-            f"{'yes' if c['met'] else 'NO'} |"
+            f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | {c['ratio_of_medians']:.3f} "
+            f"| <= {c['target']} | {'yes' if c['met'] else 'NO'} |"
             for c in checks
         ],
     ]

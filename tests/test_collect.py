@@ -68,10 +68,10 @@ def test_table_has_exact_mean_std_n_and_skips_unfinished(prefix_length_sweep, ca
     text = (out / "results.md").read_text()
     assert "| prefix.length | n | BLEU | NIST | METEOR | ROUGE-L | CIDEr | dev loss |" in text
     # mean 61, sample std sqrt(2) = 1.414; mean 65.5, std 0.7071; dev losses 1,2 and 3,4
-    assert "| 5 | 2 | 61.00 ± 1.414 | 8.000 ± 0.0000 | 0.4500 ± 0.0000 |" in text
-    assert "| 10 | 2 | 65.50 ± 0.7071 |" in text
+    assert "| 5 | 2 | 61.00 ± 1.41 | 8.000 ± 0.000 | 0.4500 ± 0.0000 |" in text
+    assert "| 10 | 2 | 65.50 ± 0.71 |" in text
     assert text.index("| 5 | 2 |") < text.index("| 10 | 2 |")  # numeric order
-    assert "1.500 ± 0.7071 |" in text and "3.500 ± 0.7071 |" in text
+    assert "1.500 ± 0.707 |" in text and "3.500 ± 0.707 |" in text
     assert "Skipped 1 unfinished runs" in text and str(prefix_length_sweep / "4") in text
     assert "over replicates (seed)" in text and "`sweep=prefix_length`" in text
     assert_png(out / "prefix_length.png")
@@ -116,8 +116,8 @@ def test_init_bars_over_subsamples_and_seeds(tmp_path):
     assert table.keys == ["prefix_init"] and table.replicates == ["train.low_data_seed", "seed"]
     text = (result["out"] / "results.md").read_text()
     # values 40,40,41,41,42,42: mean 41, sample std sqrt(4/5) = 0.8944; sweep order kept
-    assert "| random | 6 | 41.00 ± 0.8944 |" in text
-    assert "| table-to-text | 6 | 51.00 ± 0.8944 |" in text
+    assert "| random | 6 | 41.00 ± 0.89 |" in text
+    assert "| table-to-text | 6 | 51.00 ± 0.89 |" in text
     assert text.index("| random |") < text.index("| table-to-text |") < text.index("| elephant |")
     assert_png(result["out"] / "init.png")
 
@@ -136,8 +136,8 @@ def test_low_data_curves_prefix_vs_finetune(tmp_path):
     (table,) = result["tables"]
     assert table.keys == ["method", "train.low_data"] and len(table.rows) == 8
     text = (result["out"] / "results.md").read_text()
-    assert "| prefix | 50 | 2 | 10.50 ± 0.7071 |" in text
-    assert "| finetune | 500 | 2 | 50.50 ± 0.7071 |" in text
+    assert "| prefix | 50 | 2 | 10.50 ± 0.71 |" in text
+    assert "| finetune | 500 | 2 | 50.50 ± 0.71 |" in text
     assert_png(result["out"] / "low_data.png")
     assert not (result["out"] / "prefix_length.png").exists()
 
