@@ -243,6 +243,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         raise
 
     if main:
+        segment_s = time.time() - start
         info = {
             "status": "finished",
             "git": runinfo.git_info(),
@@ -250,8 +251,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             "environment": runinfo.environment(),
             "processes": world,
             "parameters": counts,
-            "wall_time_s": earlier_s + time.time() - start,
-            "wall_time_this_segment_s": time.time() - start,
+            "wall_time_s": earlier_s + segment_s,
+            "wall_time_this_segment_s": segment_s,
             "memory": runinfo.peak_memory_mb(),
             "resumed_from_step": state["step"] if state else None,
         }
