@@ -200,6 +200,86 @@ def test_generate_first_step_uses_the_prefix(arch):
     torch.testing.assert_close(out.logits[0], logits, atol=ATOL, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ALL)
+def test_generate_cache_stores_each_rows_prefix_once(arch, tmp_path):
+    """generate()'s own cache holds [P; K] per row, reports only real tokens as its length, and
+    gives the same beams as transformers' DynamicCache (with which P is concatenated in
+    attention at every step), for a mixed-prefix, left-padded batch."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    from prefixtune.prefix.cache import PrefixedCache
+
+    model = _bank(arch, tmp_path)
+    names = ["b", "a"]  # lengths 5 and 2: padded to 5
+    ids, mask = _inputs(arch)
+    kw = dict(max_new_tokens=5, min_new_tokens=5, num_beams=3, do_sample=False)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, prefix=names, return_dict_in_generate=True, **kw
+    )
+    cache = out.past_key_values if out.get("cache") is None else out.cache
+    theirs = DynamicCache()
+    if arch == "bart":
+        theirs = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        assert isinstance(cache.cross_attention_cache, PrefixedCache)
+        cache = cache.self_attention_cache
+    plain = model.generate(input_ids=ids, attention_mask=mask, prefix=names, cache=theirs, **kw)
+    assert torch.equal(out.sequences, plain)
+    assert isinstance(cache, PrefixedCache)
+    real = out.sequences.shape[1] - 1  # the last token is never fed back
+    assert cache.get_seq_length() == real
+    layer = cache.layers[0]
+    assert layer.keys.shape[2] == 5 + real
+    stored = model.prefix_tensors("b")
+    kind = "decoder" if arch == "bart" else "self"
+    p = model._kv_from_tensors(stored)[kind][0, 0, 0]  # layer 0 keys: (heads, 5, head_dim)
+    torch.testing.assert_close(layer.keys[0, :, :5], p)  # beam rows of input 0 hold "b"
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+def test_forward_continues_from_the_cache_generate_returns(arch):
+    model = randomize(PrefixModel(DECODERS[arch](), small(3)), seed=5)
+    ids, mask = left_padded([[5, 9, 14, 3], [8, 30]])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=3,
+        do_sample=False,
+        return_dict_in_generate=True,
+    )
+    cache = out.past_key_values if out.get("cache") is None else out.cache
+    seq = out.sequences
+    whole = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1] :])], 1)
+    with torch.no_grad():
+        full = model(input_ids=seq, attention_mask=whole).logits[:, -1]
+        step = model(input_ids=seq[:, -1:], attention_mask=whole, cache=cache).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=ATOL, rtol=1e-5)
+
+
+def test_sliding_window_models_keep_transformers_cache():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from prefixtune.prefix.cache import prefixed_cache
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        num_hidden_layers=2,
+        hidden_size=48,
+        intermediate_size=64,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        sliding_window=4,
+        initializer_range=0.2,
+        pad_token_id=0,
+    )
+    model = randomize(PrefixModel(MistralForCausalLM(cfg).eval(), small(3)), seed=6)
+    assert prefixed_cache(model) is None
+    ids = torch.tensor([[5, 9, 14, 3, 7, 22, 8, 30]])
+    kw = dict(max_new_tokens=6, min_new_tokens=6, num_beams=2, do_sample=False)
+    cached = model.generate(input_ids=ids, **kw)
+    assert torch.equal(cached, model.generate(input_ids=ids, use_cache=False, **kw))
+
+
 # ---------------------------------------------------------------------- mixed batches
 def _bank(arch, tmp_path):
     model = PrefixModel(ALL[arch](), small(4))

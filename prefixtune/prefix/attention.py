@@ -1,11 +1,12 @@
 """How the prefix enters attention: concatenated to the keys/values inside the attention function.
 
 We register our own function in transformers' attention registry (`AttentionInterface`) rather
-than injecting the prefix through the KV cache as PEFT does. The cache then only ever holds real
-tokens, so beam search may reorder and duplicate it freely, the encoder's self-attention (which
-has no cache) is handled like every other attention, and a batch can mix prefixes of different
-lengths. The attention itself is one SDPA call over [P; K]: on the CPU PyTorch's, given the mask
-and the grouped key/value heads directly; elsewhere transformers' own SDPA function.
+than injecting the prefix through `past_key_values` as PEFT does. The encoder's self-attention
+(which has no cache) is then handled like every other attention, and a batch can mix prefixes
+of different lengths. The attention itself is one SDPA call over [P; K]: on the CPU PyTorch's,
+given the mask and the grouped key/value heads directly; elsewhere transformers' own SDPA
+function. generate() gives transformers a cache that stores P in front of each row's real tokens
+(cache.py); for those streams the keys/values arrive as [P; K] and nothing is concatenated.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ActiveBatch:
     kv: dict[str, torch.Tensor]
     key_mask: torch.Tensor | None = None  # (rows, L) bool: False where a shorter prefix is padded
     infix_start: torch.Tensor | None = None  # (rows,) long: first token index that sees the infix
+    cached: frozenset[str] = frozenset()  # kinds whose keys/values arrive with P (cache.py)
     _expanded: dict = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
 
@@ -157,13 +159,17 @@ def prefix_attention(
         if active is not None and slot.kind in active.kv:
             causal = kwargs.pop("is_causal", None)
             causal = getattr(module, "is_causal", True) if causal is None else causal
-            batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
-            prefix_key, prefix_value = active.key_values(slot, batch)
-            length = prefix_key.shape[2]
-            key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
-            value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
-            plain = active.key_mask is None and active.infix_start is None
+            batch, q_len = query.shape[0], query.shape[2]
+            length = active.kv[slot.kind].shape[4]
             on_cpu = _cpu_kernels(query)
+            if slot.kind in active.cached:  # generate()'s cache stores P in front of K
+                kv_len = key.shape[2] - length
+            else:
+                kv_len = key.shape[2]
+                prefix_key, prefix_value = active.key_values(slot, batch)
+                key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
+                value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
+            plain = active.key_mask is None and active.infix_start is None
             if not on_cpu and plain and attention_mask is None and causal and q_len == kv_len:
                 return _prepend_queries(module, query, key, value, dropout, scaling, kwargs)
             attention_mask = active.mask(

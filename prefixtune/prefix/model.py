@@ -13,6 +13,7 @@ from torch import nn
 
 from .architecture import Slot, attention_slots, kinds_of
 from .attention import ATTN_IMPLEMENTATION, ActiveBatch, PrefixState
+from .cache import cached_kinds, prefixed_cache
 from .config import PrefixConfig, PrefixError, PrefixInit, PrefixMode
 from .encoder import PrefixEncoder
 
@@ -274,7 +275,9 @@ class PrefixModel(nn.Module):
             active.infix_start = self._infix_start(infix, batch, infix_start)
         if not self.is_encoder_decoder and "position_ids" not in kwargs:
             lengths = lengths.expand(batch) if lengths.numel() == 1 else lengths
-            kwargs["position_ids"] = self._positions(attention_mask, lengths, active.infix_start)
+            positions = self._positions(attention_mask, lengths, active.infix_start)
+            kwargs["position_ids"] = positions[:, -length:]  # the mask may cover cached tokens
+        active.cached = cached_kinds(_cache(kwargs))  # e.g. a cache generate() returned
         with self._active(active):
             return self.base(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
@@ -303,6 +306,12 @@ class PrefixModel(nn.Module):
         if not self.is_encoder_decoder:
             lengths = lengths.expand(batch) if lengths.numel() == 1 else lengths
             kwargs["position_ids"] = self._positions(attention_mask, lengths, active.infix_start)
+        config = kwargs.get("generation_config") or self.base.generation_config
+        if kwargs.get("use_cache", config.use_cache) and _cache(kwargs) is None:
+            cache = prefixed_cache(self)  # P stored once per row, not copied at every step
+            if cache is not None:
+                kwargs["cache"] = cache
+        active.cached = cached_kinds(_cache(kwargs))
         with self._active(active):
             return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -360,6 +369,12 @@ def parameter_summary(base: int, stored: int, trainable: int) -> dict:
         "stored_pct": 100.0 * stored / base,
         "trainable_pct": 100.0 * trainable / base,
     }
+
+
+def _cache(kwargs: dict):
+    """The cache a caller passed, under its new name or the old one."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
 
 
 def _flatten(kv: torch.Tensor) -> torch.Tensor:
