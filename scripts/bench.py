@@ -3,10 +3,11 @@
     python scripts/bench.py                       # SmolLM2-135M on this CPU (2 threads)
     python scripts/bench.py --device cuda         # GPT-2-medium-shaped random model on a GPU
 
-Every case runs on the same batch, side by side in one process, interleaved round by round so
-that machine noise hits all cases alike; the table reports medians, and each target's ratio as
-the median over rounds of the ratio within a round. Peak memory is
-measured per case: on CUDA with the allocator's peak counter, on CPU in a fresh subprocess per
+Every case runs on the same batch, side by side in one process, interleaved round by round (in
+a new seeded random order each round) so that machine noise hits all cases alike; the table
+reports medians, and each target's ratio as the median over rounds of the ratio within a round.
+Peak memory is measured per case: on CUDA with the allocator's peak counter, on CPU in a fresh
+subprocess per
 case (the highest resident size seen while the case runs, above the size just before it; sampled
 every millisecond, so a peak shorter than that can be missed). Results go to --out as JSON and
 Markdown.
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -189,8 +192,15 @@ def time_cases(args, cases):
         for _ in range(args.warmup):
             fn()
     times = {name: [] for name in cases}
+    order = list(cases)
+    shuffle = random.Random(0).shuffle
     for _ in range(args.rounds):
-        for name, fn in cases.items():
+        # a new order each round: a case must not always follow the same one (e.g. the
+        # memory-hungry full fine-tuning step, whose freed memory the next case pays to map)
+        shuffle(order)
+        for name in order:
+            fn = cases[name]
+            gc.collect()
             sync(args.device)
             t = time.perf_counter()
             fn()

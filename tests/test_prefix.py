@@ -236,7 +236,7 @@ def test_generate_cache_stores_each_rows_prefix_once(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", DECODERS)
-def test_forward_continues_from_the_cache_generate_returns(arch):
+def test_forward_continues_from_the_cache_generate_returns(arch, tmp_path):
     model = randomize(PrefixModel(DECODERS[arch](), small(3)), seed=5)
     ids, mask = left_padded([[5, 9, 14, 3], [8, 30]])
     out = model.generate(
@@ -253,6 +253,9 @@ def test_forward_continues_from_the_cache_generate_returns(arch):
         full = model(input_ids=seq, attention_mask=whole).logits[:, -1]
         step = model(input_ids=seq[:, -1:], attention_mask=whole, cache=cache).logits[:, -1]
     torch.testing.assert_close(step, full, atol=ATOL, rtol=1e-5)
+    model.add_prefix("longer", _saved(arch, 5, tmp_path))
+    with pytest.raises(PrefixError, match="holds a prefix of length 3 but the batch's prefix has"):
+        model(input_ids=seq[:, -1:], attention_mask=whole, cache=cache, prefix="longer")
 
 
 def test_sliding_window_models_keep_transformers_cache():
@@ -278,6 +281,12 @@ def test_sliding_window_models_keep_transformers_cache():
     kw = dict(max_new_tokens=6, min_new_tokens=6, num_beams=2, do_sample=False)
     cached = model.generate(input_ids=ids, **kw)
     assert torch.equal(cached, model.generate(input_ids=ids, use_cache=False, **kw))
+
+
+def _saved(arch, length, tmp_path):
+    folder = tmp_path / f"{arch}-{length}"
+    randomize(PrefixModel(ALL[arch](), small(length)), seed=length).save_prefix(folder)
+    return folder
 
 
 # ---------------------------------------------------------------------- mixed batches

@@ -26,6 +26,7 @@ from transformers.cache_utils import (
 
 from .architecture import CROSS, DECODER, SELF, Slot
 from .attention import PrefixState
+from .config import PrefixError
 
 
 class PrefixedLayer(DynamicLayer):
@@ -40,7 +41,7 @@ class PrefixedLayer(DynamicLayer):
         super().lazy_initialization(key_states, value_states)
         active = self.state.active
         if active is None or self.slot.kind not in active.cached:
-            raise RuntimeError("a prefixed cache is only filled inside PrefixModel.generate()")
+            raise RuntimeError("a prefixed cache is filled only by its PrefixModel")
         key, value = active.key_values(self.slot, key_states.shape[0])
         # the first update's concatenation makes these rows real (contiguous) tensors
         self.keys, self.values = key.to(key_states.dtype), value.to(value_states.dtype)
@@ -63,11 +64,25 @@ class PrefixedCache(DynamicCache):
         self.kind = kind
 
 
-def cached_kinds(cache) -> frozenset[str]:
-    """The streams whose keys/values `cache` hands to attention with the prefix in front."""
+def _prefixed(cache) -> list[PrefixedCache]:
     if isinstance(cache, EncoderDecoderCache):
-        return cached_kinds(cache.self_attention_cache) | cached_kinds(cache.cross_attention_cache)
-    return frozenset([cache.kind]) if isinstance(cache, PrefixedCache) else frozenset()
+        return _prefixed(cache.self_attention_cache) + _prefixed(cache.cross_attention_cache)
+    return [cache] if isinstance(cache, PrefixedCache) else []
+
+
+def cached_kinds(cache, lengths: dict[str, int]) -> frozenset[str]:
+    """The streams whose keys/values `cache` hands to attention with the prefix in front,
+    checking that it holds prefixes as long as the batch's (`lengths`: kind -> L)."""
+    kinds = []
+    for part in _prefixed(cache):
+        held = {layer.prefix_length for layer in part.layers if layer.is_initialized}
+        if held - {lengths[part.kind]}:
+            raise PrefixError(
+                f"this cache holds a prefix of length {held.pop()} but the batch's prefix has "
+                f"length {lengths[part.kind]}; continue a cache with the prefix= that filled it"
+            )
+        kinds.append(part.kind)
+    return frozenset(kinds)
 
 
 def prefixed_cache(model) -> DynamicCache | EncoderDecoderCache | None:

@@ -277,7 +277,7 @@ class PrefixModel(nn.Module):
             lengths = lengths.expand(batch) if lengths.numel() == 1 else lengths
             positions = self._positions(attention_mask, lengths, active.infix_start)
             kwargs["position_ids"] = positions[:, -length:]  # the mask may cover cached tokens
-        active.cached = cached_kinds(_cache(kwargs))  # e.g. a cache generate() returned
+        active.cached = _cached_kinds(active, kwargs)  # e.g. a cache generate() returned
         with self._active(active):
             return self.base(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
@@ -311,7 +311,7 @@ class PrefixModel(nn.Module):
             cache = prefixed_cache(self)  # P stored once per row, not copied at every step
             if cache is not None:
                 kwargs["cache"] = cache
-        active.cached = cached_kinds(_cache(kwargs))
+        active.cached = _cached_kinds(active, kwargs)
         with self._active(active):
             return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -375,6 +375,11 @@ def _cache(kwargs: dict):
     """The cache a caller passed, under its new name or the old one."""
     cache = kwargs.get("cache")
     return kwargs.get("past_key_values") if cache is None else cache
+
+
+def _cached_kinds(active: ActiveBatch, kwargs: dict) -> frozenset[str]:
+    lengths = {kind: kv.shape[4] for kind, kv in active.kv.items()}
+    return cached_kinds(_cache(kwargs), lengths)
 
 
 def _flatten(kv: torch.Tensor) -> torch.Tensor:
