@@ -7,10 +7,9 @@ Every case runs on the same batch, side by side in one process, interleaved roun
 a new seeded random order each round) so that machine noise hits all cases alike; the table
 reports medians, and each target's ratio as the median over rounds of the ratio within a round.
 Peak memory is measured per case: on CUDA with the allocator's peak counter, on CPU in a fresh
-subprocess per
-case (the highest resident size seen while the case runs, above the size just before it; sampled
-every millisecond, so a peak shorter than that can be missed). Results go to --out as JSON and
-Markdown.
+subprocess per case (the highest resident size seen while the case runs, above the size just
+before it; sampled every millisecond, so a peak shorter than that can be missed). Results go to
+--out as JSON and Markdown.
 """
 
 from __future__ import annotations
