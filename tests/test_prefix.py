@@ -38,9 +38,11 @@ def tiny_gpt2() -> GPT2LMHeadModel:
     return GPT2LMHeadModel(cfg).eval()
 
 
-def tiny_llama() -> LlamaForCausalLM:
+def tiny_llama(config=LlamaConfig, model=LlamaForCausalLM, **extra) -> LlamaForCausalLM:
+    """A tiny Llama (or a model of the same family: Mistral, ...) with grouped-query attention."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(
+    cfg = config(
+        **extra,
         num_hidden_layers=2,
         hidden_size=48,
         intermediate_size=64,
@@ -53,7 +55,7 @@ def tiny_llama() -> LlamaForCausalLM:
         eos_token_id=2,
         pad_token_id=0,
     )
-    return LlamaForCausalLM(cfg).eval()
+    return model(cfg).eval()
 
 
 def tiny_bart() -> BartForConditionalGeneration:
@@ -263,19 +265,8 @@ def test_sliding_window_models_keep_transformers_cache():
 
     from prefixtune.prefix.cache import prefixed_cache
 
-    torch.manual_seed(0)
-    cfg = MistralConfig(
-        num_hidden_layers=2,
-        hidden_size=48,
-        intermediate_size=64,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        sliding_window=4,
-        initializer_range=0.2,
-        pad_token_id=0,
-    )
-    model = randomize(PrefixModel(MistralForCausalLM(cfg).eval(), small(3)), seed=6)
+    mistral = tiny_llama(MistralConfig, MistralForCausalLM, sliding_window=4)
+    model = randomize(PrefixModel(mistral, small(3)), seed=6)
     assert prefixed_cache(model) is None
     ids = torch.tensor([[5, 9, 14, 3, 7, 22, 8, 30]])
     kw = dict(max_new_tokens=6, min_new_tokens=6, num_beams=2, do_sample=False)
