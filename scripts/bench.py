@@ -188,7 +188,7 @@ def sync(device):
 
 def time_cases(args, cases):
     for fn in cases.values():  # warm-up
-        for _ in range(args.warmup):
+        for _ in range(args.warmup * args.repeat):
             fn()
     times = {name: [] for name in cases}
     order = list(cases)
@@ -202,9 +202,10 @@ def time_cases(args, cases):
             gc.collect()
             sync(args.device)
             t = time.perf_counter()
-            fn()
+            for _ in range(args.repeat):
+                fn()
             sync(args.device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append((time.perf_counter() - t) / args.repeat)
     return times
 
 
@@ -279,11 +280,18 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="calls per timed sample (default: 1 on cpu, 5 on cuda, where one call takes ms)",
+    )
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=None, help="default: outputs/bench/<time>")
     p.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.model = args.model or ("smollm2-135m" if args.device == "cpu" else "gpt2-medium-random")
+    args.repeat = args.repeat or (1 if args.device == "cpu" else 5)
     torch.set_num_threads(args.threads)
     if args.out is None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -348,7 +356,8 @@ def main() -> None:
         f"# Benchmark: {args.model} on {result['device_name']} ({args.threads} threads)",
         "",
         f"batch {args.batch} x {args.seq} tokens, L={args.length}; beam 5, {args.gen_batch} "
-        f"prompts x {args.new_tokens} new tokens; median of {args.rounds} interleaved rounds.",
+        f"prompts x {args.new_tokens} new tokens; median of {args.rounds} interleaved rounds"
+        f"{f' of {args.repeat} calls each' if args.repeat > 1 else ''}.",
         "",
         "| case | median s | peak MiB |",
         "|---|---|---|",

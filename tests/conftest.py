@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -40,6 +41,11 @@ TINY = [
 ]
 
 register_configs()
+
+# PREFIXTUNE_TEST_DEVICE=cuda builds the tests' tensors and tiny models on that device, to check
+# the accelerator code paths on a machine that has one (CI has none and runs on the CPU).
+if os.environ.get("PREFIXTUNE_TEST_DEVICE"):
+    torch.set_default_device(os.environ["PREFIXTUNE_TEST_DEVICE"])
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | str | None = None) -> DictConfig:

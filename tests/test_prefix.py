@@ -255,6 +255,13 @@ def test_forward_continues_from_the_cache_generate_returns(arch, tmp_path):
         full = model(input_ids=seq, attention_mask=whole).logits[:, -1]
         step = model(input_ids=seq[:, -1:], attention_mask=whole, cache=cache).logits[:, -1]
     torch.testing.assert_close(step, full, atol=ATOL, rtol=1e-5)
+    # no mask at all: the new token's position still counts the cached ones
+    out = model.generate(input_ids=ids[:1], max_new_tokens=3, return_dict_in_generate=True)
+    cache = out.past_key_values if out.get("cache") is None else out.cache
+    with torch.no_grad():
+        full = model(input_ids=out.sequences).logits[:, -1]
+        step = model(input_ids=out.sequences[:, -1:], cache=cache).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=ATOL, rtol=1e-5)
     model.add_prefix("longer", _saved(arch, 5, tmp_path))
     with pytest.raises(PrefixError, match="holds a prefix of length 3 but the batch's prefix has"):
         model(input_ids=seq[:, -1:], attention_mask=whole, cache=cache, prefix="longer")

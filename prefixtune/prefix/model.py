@@ -264,8 +264,6 @@ class PrefixModel(nn.Module):
         """
         ref = input_ids if input_ids is not None else kwargs["inputs_embeds"]
         batch, length = ref.shape[:2]
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=ref.device)
         active, lengths, infix = self._batch(prefix, batch)
         if any(infix):
             if infix_start is None:
@@ -275,7 +273,14 @@ class PrefixModel(nn.Module):
             active.infix_start = self._infix_start(infix, batch, infix_start)
         if not self.is_encoder_decoder and "position_ids" not in kwargs:
             lengths = lengths.expand(batch) if lengths.numel() == 1 else lengths
-            positions = self._positions(attention_mask, lengths, active.infix_start)
+            mask = attention_mask
+            if mask is None:  # every token is real (and so are the cached ones)
+                # The base still gets None: a mask of ones would cost transformers a device
+                # sync to find out that it can skip it (a stall on a GPU, for every forward).
+                cache = _cache(kwargs)
+                past = 0 if cache is None else cache.get_seq_length()
+                mask = torch.ones(batch, past + length, dtype=torch.long, device=ref.device)
+            positions = self._positions(mask, lengths, active.infix_start)
             kwargs["position_ids"] = positions[:, -length:]  # the mask may cover cached tokens
         active.cached = _cached_kinds(active, kwargs)  # e.g. a cache generate() returned
         with self._active(active):
