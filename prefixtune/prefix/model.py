@@ -52,6 +52,7 @@ class PrefixModel(nn.Module):
             )
         base.requires_grad_(False)
         self.state = PrefixState()
+        self._row_lengths: dict[tuple, torch.Tensor] = {}  # see _lengths
         self.slots = attention_slots(base)
         for slot, module in self.slots.items():
             if getattr(module, "_prefixtune", None) is not None:
@@ -208,10 +209,21 @@ class PrefixModel(nn.Module):
             if len(set(lengths)) > 1:
                 key_mask = (
                     torch.arange(longest, device=self.device)[None, :]
-                    < torch.tensor(lengths, device=self.device)[:, None]
+                    < self._lengths(lengths)[:, None]
                 )
             active = ActiveBatch(kv=kv, key_mask=key_mask)
-        return active, torch.tensor(lengths, device=self.device), infix
+        return active, self._lengths(lengths), infix
+
+    def _lengths(self, lengths: list[int]) -> torch.Tensor:
+        """Each row's prefix length as a tensor on the model's device, kept for the next call:
+        building it from a list is a host-to-device copy, which on a GPU first waits for every
+        kernel already queued (the previous step's), once per forward."""
+        key = (self.device, *lengths)
+        if key not in self._row_lengths:
+            if len(self._row_lengths) >= 64:  # mixed batches vary; keep the memo small
+                self._row_lengths.clear()
+            self._row_lengths[key] = torch.tensor(lengths, device=self.device)
+        return self._row_lengths[key]
 
     @contextlib.contextmanager
     def _active(self, active: ActiveBatch) -> Iterator[None]:
