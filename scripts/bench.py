@@ -267,12 +267,16 @@ def peak_memory_cpu(args, names):
     return out
 
 
+def round_ratios(times: dict[str, list[float]], case: str, reference: str) -> list[float]:
+    """case / reference within each round. Targets take their median: the machine's speed drifts
+    between rounds (here by up to 20%), and both cases of a round ran within seconds."""
+    return [x / y for x, y in zip(times[case], times[reference], strict=True)]
+
+
 def target_checks(times: dict[str, list[float]]) -> list[dict]:
     checks = []
     for a, b, t in TARGETS:
-        # the ratio within each round, then its median: the machine's speed drifts between
-        # rounds (here by up to 20%), and both cases of a round ran within seconds of each other
-        ratio = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+        ratio = statistics.median(round_ratios(times, a, b))
         checks.append(
             {
                 "case": a,
@@ -324,7 +328,7 @@ def pool(folders: list[str]) -> None:
     print("|---|---|---|---|---|---|")
     rng = random.Random(0)
     for i, c in enumerate(target_checks(times)):
-        ratios = [x / y for x, y in zip(times[c["case"]], times[c["reference"]], strict=True)]
+        ratios = round_ratios(times, c["case"], c["reference"])
         # bootstrap over rounds: how far the median could move with other rounds like these
         boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
         per_run = ", ".join(f"{checks[i]['ratio']:.3f}" for checks in each)

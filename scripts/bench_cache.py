@@ -24,11 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import load_smollm2, round_ratios  # noqa: E402  (scripts/bench.py)
+
 from prefixtune.prefix import PrefixConfig, PrefixModel  # noqa: E402
 
 
 def smollm2(args):
-    from bench import load_smollm2  # scripts/bench.py
     from transformers import DynamicCache
 
     base = load_smollm2()
@@ -75,7 +76,7 @@ def measure(name, load, args) -> dict:
             seconds[case].append(time.perf_counter() - start)
         print(f"{name} round {r}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in seconds.items()))
     ratios = {
-        case: statistics.median(a / b for a, b in zip(seconds[case], seconds["base"], strict=True))
+        case: statistics.median(round_ratios(seconds, case, "base"))
         for case in ("ours", "concatenated")
     }
     return {"same_beams": same, "seconds": seconds, "ratio_to_base": ratios}
@@ -98,7 +99,9 @@ def main() -> None:
         p.error(f"unknown model {unknown[0]!r}; choose from {sorted(loaders)}")
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"outputs/bench_cache/{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=False)
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"error: {out} exists and is not empty; pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
     results = {name: measure(name, loaders[name], args) for name in args.models}
     lines = [
         f"# generate(): prefixed cache vs concatenation ({args.threads} threads, L={args.length}, "
