@@ -6,6 +6,8 @@ end with one line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import os
 import re
 import sys
@@ -112,8 +114,76 @@ def describe_config_error(err: BaseException) -> str:
     key = getattr(cause, "full_key", None)
     head = str(err).strip().splitlines()[0]
     if "Could not override" in head or "Could not find" in head:
-        return f"{head} ({first})" if cause is not err else head
+        message = f"{head} ({first})" if cause is not err else head
+        bad = re.search(r"Could not override '([^']+)'", head)
+        return message + (suggest_key(bad.group(1)) if bad else "")
     return f"{key}: {first}" if key else first
+
+
+def suggest_key(key: str) -> str:
+    """'; did you mean prefix.length?' for a mistyped key (from the schema), else ''."""
+    from omegaconf import OmegaConf
+
+    from prefixtune.config import TrainConfig
+
+    node: object = OmegaConf.structured(TrainConfig)
+    parts = key.lstrip("+~").split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig):
+            return ""
+        if part in node:
+            node = node[part]
+            continue
+        valid = [str(k) for k in node.keys()]
+        if i == 0:
+            valid += list(GROUPS)
+        close = difflib.get_close_matches(part, valid, n=1, cutoff=0.6)
+        if not close:
+            return f"; valid keys here: {', '.join(sorted(valid))}"
+        return f"; did you mean {'.'.join([*parts[:i], close[0]])}?"
+    return ""
+
+
+def sweep_jobs(overrides: list[str], conf_dir: str = CONF_DIR) -> list[list[str]]:
+    """The override list of every job of a multirun, as Hydra's basic sweeper will expand it:
+    the preset's ``hydra.sweeper.params`` first, the command line's sweeps replacing them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+        plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            hydra_cfg = compose(
+                "train", overrides=[*plain, "output_dir=unused"], return_hydra_config=True
+            )
+        params = hydra_cfg.hydra.sweeper.get("params") or {}
+        axes: dict[str, list[str]] = {}
+        preset = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+        for o in preset + parsed:
+            key = o.get_key_element()
+            if o.is_sweep_override():
+                axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            elif o in preset or key in axes:
+                axes[key] = [o.input_line]
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UsageError(describe_config_error(err)) from None
+    fixed = [o for o in plain if o.split("=", 1)[0] not in axes]
+    return [[*fixed, *combo] for combo in itertools.product(*axes.values())]
+
+
+def check_sweep(overrides: list[str], conf_dir: str = CONF_DIR) -> None:
+    """Every job's config is checked before the first job runs (a bad job fails the sweep)."""
+    check_groups(overrides, conf_dir)
+    jobs = sweep_jobs(overrides, conf_dir)
+    for n, job in enumerate(jobs):
+        try:
+            check_config(job, conf_dir)
+        except UsageError as err:
+            raise UsageError(f"job {n} of {len(jobs)} ({' '.join(job)}): {err}") from None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -122,7 +192,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     overrides = list(HydraConfig.get().overrides.task)
     try:
-        metrics = train(cfg, overrides=overrides)
+        metrics = train(cfg, overrides=overrides, unique_dir=not _NAMED_RUN_DIR[0])
     except user_errors() as err:
         out = Path(str(cfg.output_dir))
         if out.is_dir() and not any(out.iterdir()):
@@ -132,14 +202,42 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("dev_loss")
 
 
+def names_run_dir(overrides: list[str]) -> bool:
+    """Whether the user chose the run folder. Hydra's default, and any folder named with a
+    ``${now:...}`` timestamp, is a fresh folder per launch: when another launch took it in the
+    same second, this one moves on to ``<folder>-2``. A named folder is never shared."""
+    keys = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "output_dir")
+    return any(o.lstrip("+~").split("=", 1)[0] in keys and "${now:" not in o for o in overrides)
+
+
+def check_writable(overrides: list[str], multirun: bool) -> None:
+    """The output folder can be made: fail before Hydra (and the model load), in one line."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    named = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+    folder = Path(named[-1] if named and "${" not in named[-1] else "outputs").absolute()
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise UsageError(
+            f"cannot create the run folder {folder}: {existing} {what} (choose another {key})"
+        )
+
+
+# Whether the command line named the run folder; read from argv, since Hydra hands the job
+# its overrides with ${now:...} already resolved.
+_NAMED_RUN_DIR = [True]
+
+
 def main() -> None:
     overrides, multirun, info = split_args(sys.argv[1:])
+    _NAMED_RUN_DIR[0] = names_run_dir(overrides)
     if not info:
         try:
             if multirun:
-                check_groups(overrides)
+                check_sweep(overrides)
             else:
                 check_config(overrides)
+            check_writable(overrides, multirun)
         except UsageError as err:
             fail(str(err))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,6 +7,7 @@ options instead of deep inside training.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -142,6 +143,7 @@ class EvalOptions:
 @dataclass
 class DataOptions:
     root: str | None = None  # None = prefixtune.data.default_data_root()
+    allow_modified: bool = False  # accept release files whose checksum differs (a warning)
 
 
 @dataclass
@@ -211,13 +213,45 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
             )
     if method is MethodName.ft_top2 and cfg.method.top_layers < 1:
         raise UsageError(f"method.top_layers must be >= 1 (got {cfg.method.top_layers})")
-    for key in ("batch_size", "epochs"):
-        if cfg.train[key] < 1:
-            raise UsageError(f"train.{key} must be >= 1 (got {cfg.train[key]})")
-    if cfg.train.lr <= 0:
-        raise UsageError(f"train.lr must be > 0 (got {cfg.train.lr})")
-    if cfg.eval.num_beams < 1 or cfg.eval.batch_size < 1 or cfg.eval.max_new_tokens < 1:
-        raise UsageError("eval.num_beams, eval.batch_size and eval.max_new_tokens must be >= 1")
+    for key, low in _AT_LEAST.items():
+        group, name = key.split(".")
+        if cfg[group][name] < low:
+            raise UsageError(f"{key} must be >= {low} (got {key}={cfg[group][name]})")
+    if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:
+        raise UsageError(
+            f"eval.min_new_tokens={cfg.eval.min_new_tokens} exceeds "
+            f"eval.max_new_tokens={cfg.eval.max_new_tokens}"
+        )
+    for key, (low, high) in _RANGES.items():
+        group, name = key.split(".")
+        value = cfg[group][name]
+        if not (math.isfinite(value) and low < value <= high):
+            raise UsageError(f"{key}={value} is out of range; expected {low} < {key} <= {high}")
+    for key in ("train.weight_decay", "train.grad_clip", "eval.length_penalty"):
+        group, name = key.split(".")
+        if not math.isfinite(cfg[group][name]):
+            raise UsageError(f"{key} must be a finite number (got {key}={cfg[group][name]})")
+    if not 0.0 <= cfg.prefix.dropout < 1.0:
+        raise UsageError(
+            f"prefix.dropout must be in [0, 1) (got prefix.dropout={cfg.prefix.dropout})"
+        )
+
+
+# Integer options and their smallest valid value.
+_AT_LEAST = {
+    "train.batch_size": 1,
+    "train.epochs": 1,
+    "train.warmup_steps": 0,
+    "eval.num_beams": 1,
+    "eval.batch_size": 1,
+    "eval.max_new_tokens": 1,
+    "eval.min_new_tokens": 0,
+    "task.max_source_tokens": 2,
+    "task.max_target_tokens": 2,
+}
+# Float options that must lie in (low, high]: a learning rate near float32's limit (1e38)
+# overflows inside AdamW; 1e30 still steps (and diverges, which the run then reports).
+_RANGES = {"train.lr": (0.0, 1e30)}
 
 
 def _is_prefix_key(override: str) -> bool:
@@ -229,9 +263,14 @@ def enum_value(v: Any) -> Any:
     return v.value if isinstance(v, Enum) else v
 
 
+def is_semantic(key: str) -> bool:
+    """Whether a dotted config key (or an override) changes what a run computes."""
+    return not key.lstrip("+~").startswith(NON_SEMANTIC_KEYS)
+
+
 def semantic_overrides(overrides: list[str]) -> list[str]:
     """The overrides that define what a run computes (used to find the run to resume)."""
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith(NON_SEMANTIC_KEYS))
+    return sorted(o for o in overrides if is_semantic(o))
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

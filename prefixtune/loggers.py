@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
-from prefixtune.checkpoint import write_text
+from prefixtune.checkpoint import finite_or_none, write_text
 from prefixtune.config import LoggerName, MethodName, enum_value, to_container
 
 LOSSES = "losses.jsonl"
@@ -48,7 +48,9 @@ class JsonlLogger:
         write_text(self.path, "".join(kept))
 
     def log(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        # strict JSON: a NaN/inf loss is written as null (the run stops on it anyway)
+        record = {k: finite_or_none(v) for k, v in record.items()}
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
         self.file.flush()
 
     def summary(self, metrics: dict[str, Any]) -> None:

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", type=Path, default=None, help="dataset folder (default: the project's)"
     )
     parser.add_argument(
+        "--allow-modified",
+        action="store_true",
+        help="with --split: accept release files that differ from the official ones",
+    )
+    parser.add_argument(
         "--seen-flags",
         type=Path,
         default=None,
@@ -145,9 +150,15 @@ def load_references(args: argparse.Namespace, n_hyps: int):
             raise ScoreError(why) from None
         root = args.data_root if args.data_root is not None else default_data_root()
         try:
-            examples = load_split(args.task, args.split, root)
+            examples = load_split(args.task, args.split, root, allow_modified=args.allow_modified)
         except DataError as err:
-            raise ScoreError(str(err).splitlines()[0] if str(err) else "data error") from None
+            # The data package names train.py's options; here they are this command's flags.
+            message = (
+                str(err)
+                .replace("data.root=", "--data-root")
+                .replace("data.allow_modified=true", "--allow-modified")
+            )
+            raise ScoreError(message or "data error") from None
         refs = [list(ex.references) for ex in examples]
         if args.task == "dart":
             refs = _dart_official_refs(root, args.split, len(examples)) or [

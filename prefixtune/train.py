@@ -8,6 +8,7 @@ each process takes its slice of every global batch and only rank 0 writes files.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -31,6 +32,7 @@ from prefixtune.config import (
     MethodName,
     TaskName,
     enum_value,
+    is_semantic,
     semantic_overrides,
     to_container,
     validate,
@@ -47,17 +49,50 @@ class TrainingDiverged(UsageError):
     """The loss became NaN/inf: training stops, the last good checkpoint is kept."""
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run one experiment into ``cfg.output_dir``; returns the metrics written to metrics.json."""
+def train(
+    cfg: DictConfig, overrides: list[str] | None = None, unique_dir: bool = False
+) -> dict[str, Any]:
+    """Run one experiment into ``cfg.output_dir``; returns the metrics written to metrics.json.
+
+    ``unique_dir``: the folder is a default name (Hydra's timestamp), so when another run took
+    it a moment ago this run moves on to ``<folder>-2``; otherwise a taken folder is an error.
+    """
     start = time.time()
     overrides = list(overrides or [])
     validate(cfg, overrides)
     accelerator = Accelerator(cpu=cfg.cpu)
+    claim = _agree_on_run_dir(accelerator, cfg, overrides, unique_dir)
+    if claim.finished:
+        log.warning("resume=true: the run in %s already finished; nothing to do", claim.path)
+        metrics = json.loads((claim.path / ckpt.METRICS).read_text())
+        return {**metrics, "output_dir": str(claim.path)}
+    if claim.path != Path(str(cfg.output_dir)):
+        log.info("%s the run in %s", "resuming" if claim.resumed else "writing", claim.path)
+    try:
+        return _train(cfg, overrides, accelerator, claim, start)
+    except BaseException:
+        claim.release(failed=True)
+        raise
+    finally:
+        claim.release()
+
+
+def _train(
+    cfg: DictConfig,
+    overrides: list[str],
+    accelerator: Accelerator,
+    claim: ckpt.RunFolder,
+    start: float,
+) -> dict[str, Any]:
     main = accelerator.is_main_process
-    run_dir = _agree_on_run_dir(accelerator, cfg, overrides)
-    if run_dir != str(cfg.output_dir):
-        log.info("resuming the unfinished run in %s", run_dir)
-    out = Path(run_dir)
+    out = claim.path
+    if main:
+        for tmp in ckpt.remove_stale_temp_files(out):
+            log.info("removed %s, left by an interrupted write", tmp)
+    resolved = to_container(cfg)
+    state = ckpt.load_checkpoint(out)  # before the slow steps: a bad file fails at once
+    if state is not None:
+        _check_same_config(state["config"], resolved)
 
     # ---- data -------------------------------------------------------------------------------
     from prefixtune.data import default_data_root, load_split, low_data_split, training_pairs
@@ -65,12 +100,13 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     root = cfg.data.root or default_data_root()
     task = enum_value(cfg.task.name)
     subset = cfg.task.subset
+    allow = cfg.data.allow_modified
     if cfg.train.low_data > 0:
-        pool = load_split(task, "train", root, subset=subset)
+        pool = load_split(task, "train", root, subset=subset, allow_modified=allow)
         train_ex, dev_ex = low_data_split(pool, cfg.train.low_data, cfg.train.low_data_seed)
     else:
-        train_ex = load_split(task, "train", root, subset=subset)
-        dev_ex = load_split(task, "dev", root, subset=subset)
+        train_ex = load_split(task, "train", root, subset=subset, allow_modified=allow)
+        dev_ex = load_split(task, "dev", root, subset=subset, allow_modified=allow)
     train_pairs = training_pairs(train_ex)
     if 0 < cfg.train.max_train_examples < len(train_pairs):
         keep = sorted(
@@ -98,6 +134,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     dev_items = [collator.encode(x, y) for x, y in dev_pairs]
     if not train_items:
         raise UsageError(f"task={task} has no training examples under {root}")
+    prompts = [len(collator.encode_source(e.source)) for _, ex in eval_sets for e in ex]
+    sources = [len(it.source) for it in train_items + dev_items] if encoder_decoder else []
+    lengths = [len(it.target) + (0 if encoder_decoder else len(it.source)) for it in train_items]
+    _check_positions(base, cfg, max(prompts + sources, default=0), max(lengths))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -114,30 +154,41 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     ckpt_every = cfg.train.checkpoint_every if cfg.train.checkpoint_every > 0 else eval_every
 
     # ---- resume -----------------------------------------------------------------------------
-    resolved = to_container(cfg)
-    state = ckpt.load_checkpoint(out)
     step, best, bad_evals = 0, {"loss": math.inf, "step": 0, "params": None}, 0
+    saved_step: int | None = None  # the step of the checkpoint on disk, if any
     earlier_s = 0.0  # wall time of earlier segments of a resumed run, up to their checkpoints
     if state is not None:
-        _check_same_config(state["config"], resolved)
         ckpt.load_trainable(raw, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
+        saved_step = step
         earlier_s = state.get("elapsed_s", 0.0)
         ckpt.set_rng_state(state["rng"][accelerator.process_index])
         log.info("resumed from step %d of %d", step, total_steps)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
-            (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+            ckpt.write_text(out / "config.yaml", OmegaConf.to_yaml(resolved))
             ckpt.write_json(
                 out / ckpt.OVERRIDES,
                 {"overrides": overrides, "semantic": semantic_overrides(overrides)},
             )
     logger = make_logger(cfg, out, step if state else None) if main else NullLogger()
 
+    def diverged(what: str) -> TrainingDiverged:
+        where = (
+            f"last good checkpoint: {out / ckpt.CHECKPOINT} at step {saved_step}"
+            if saved_step is not None
+            else "no checkpoint was written before it"
+        )
+        return TrainingDiverged(f"{what} at step {step}; stopped ({where})")
+
     def save_state() -> None:
+        nonlocal saved_step
+        # A checkpoint is good only with finite parameters (the losses were checked already).
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise diverged("the parameters became NaN or inf")
         rngs = gather_object([ckpt.rng_state()]) if world > 1 else [ckpt.rng_state()]
         if main:
             ckpt.save_checkpoint(
@@ -154,6 +205,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
                     "elapsed_s": earlier_s + time.time() - start,
                 },
             )
+        saved_step = step
         accelerator.wait_for_everyone()
 
     # ---- training loop ----------------------------------------------------------------------
@@ -173,11 +225,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             loss = model(**batch).loss
             losses = accelerator.gather(loss.detach().reshape(1))
             if not torch.isfinite(losses).all():
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step + 1}; stopped "
-                    f"(last good checkpoint: {out / ckpt.CHECKPOINT} at step "
-                    f"{_last_ckpt_step(out)})"
-                )
+                step += 1
+                raise diverged(f"loss became {loss.item()}")
             accelerator.backward(loss)
             if cfg.train.grad_clip > 0:
                 accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
@@ -190,6 +239,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             logger.log({"step": step, "split": "train", "loss": losses.mean().item(), "lr": lr})
             if step % eval_every == 0 or step == total_steps:
                 dev_loss = _dev_loss(model, collator, dev_items, cfg, accelerator)
+                if not math.isfinite(dev_loss) and dev_items:
+                    logger.log({"step": step, "split": "dev", "loss": None, "best": False})
+                    raise diverged(f"dev loss became {dev_loss}")
                 improved = dev_loss < best["loss"]
                 if improved:
                     best = {"loss": dev_loss, "step": step, "params": ckpt.trainable_state(raw)}
@@ -264,14 +316,18 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     return metrics
 
 
-def _agree_on_run_dir(accelerator: Accelerator, cfg: DictConfig, overrides: list[str]) -> str:
-    """Rank 0 picks the folder (refusing a used one); every rank gets the same answer."""
-    answer: list[Any] = [None, None]
+def _agree_on_run_dir(
+    accelerator: Accelerator, cfg: DictConfig, overrides: list[str], unique: bool
+) -> ckpt.RunFolder:
+    """Rank 0 claims the folder (refusing a used one); every rank gets the same answer."""
+    answer: list[Any] = [None, None, False, False]
+    claim = None
     if accelerator.is_main_process:
         try:
-            answer[0] = str(
-                ckpt.choose_run_dir(cfg.output_dir, cfg.resume, semantic_overrides(overrides))
+            claim = ckpt.claim_run_dir(
+                cfg.output_dir, cfg.resume, semantic_overrides(overrides), unique
             )
+            answer[0], answer[2], answer[3] = str(claim.path), claim.resumed, claim.finished
         except UsageError as err:
             answer[1] = str(err)
     if accelerator.num_processes > 1:
@@ -282,7 +338,7 @@ def _agree_on_run_dir(accelerator: Accelerator, cfg: DictConfig, overrides: list
                 own.rmdir()
     if answer[1]:
         raise UsageError(answer[1])
-    return answer[0]
+    return claim or ckpt.RunFolder(Path(answer[0]), None, answer[2], answer[3])
 
 
 def _eval_sets(cfg, task, root, subset, dev_ex, load_split) -> list[tuple[str, list]]:
@@ -363,18 +419,52 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save(tensors)
 
 
-def _last_ckpt_step(out: Path) -> int | None:
-    state = ckpt.load_checkpoint(out)
-    return state["step"] if state else None
+def _check_positions(
+    base: torch.nn.Module, cfg: DictConfig, longest_prompt: int, longest_train: int
+) -> None:
+    """Fail before training when generation would run past a learned position table.
+
+    ``longest_prompt``: the longest eval prompt in tokens (decoder-only: it shares the
+    positions with the new tokens; encoder-decoder: the encoder's); ``longest_train``: the
+    longest training sequence (x + y, or y for encoder-decoder)."""
+    config = base.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)
+    learned = any(
+        isinstance(m, torch.nn.Embedding) and ("pos" in name.split(".")[-1] or name.endswith("wpe"))
+        for name, m in base.named_modules()
+    )
+    if not limit or not learned:
+        return  # rotary/relative positions have no table to run off
+    encoder_decoder = Arch(enum_value(cfg.model.arch)) is Arch.encoder_decoder
+    new = cfg.eval.max_new_tokens
+    used = (1 if encoder_decoder else longest_prompt) + new
+    if used > limit:
+        prompt = "" if encoder_decoder else f" after a {longest_prompt}-token prompt"
+        raise UsageError(
+            f"eval.max_new_tokens={new}{prompt} runs past the {limit} positions of "
+            f"model={cfg.model.name}; lower it to at most {limit - used + new}"
+        )
+    if longest_train > limit or (encoder_decoder and longest_prompt > limit):
+        raise UsageError(
+            f"training sequences of {max(longest_train, longest_prompt)} tokens run past the "
+            f"{limit} positions of model={cfg.model.name}; lower task.max_source_tokens "
+            f"({cfg.task.max_source_tokens}) or task.max_target_tokens "
+            f"({cfg.task.max_target_tokens})"
+        )
 
 
 def _check_same_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    ignore = {"resume", "output_dir", "logger"}
-    diffs = [
-        k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k)
-    ]
+    old, new = _dotted(saved), _dotted(current)
+    diffs = [k for k in old.keys() | new.keys() if is_semantic(k) and old.get(k) != new.get(k)]
     if diffs:
         raise UsageError(
             f"the checkpoint was written with a different config ({', '.join(sorted(diffs))} "
             "differ); resume with the same overrides"
         )
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

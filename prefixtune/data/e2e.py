@@ -23,12 +23,17 @@ meta: ``{"mr": raw MR string}``.
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from .base import DataError, Example, local_files
+from .checksums import decode, read_checked
 from .hub import HubSource, load_hub_rows
+
+log = logging.getLogger(__name__)
 
 FOLDER = "e2e"
 FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_refs.csv"}
@@ -53,7 +58,7 @@ ATTRIBUTE_NAMES = {
     "near": "near",
 }
 
-_SLOT = re.compile(r"\s*([^\[\],]+?)\s*\[([^\]]*)\]\s*(?:,|$)")
+_SLOT = re.compile(r"\s*([^\[\],]+?)\s*\[([^\[\]]*)\]\s*(?:,|$)")
 
 
 def parse_mr(mr: str) -> list[tuple[str, str]]:
@@ -87,12 +92,80 @@ def group_pairs(pairs: Iterable[tuple[str, str]]) -> list[Example]:
 
 
 def read_csv(path: Path) -> list[Example]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+    """The release CSV; anything malformed is one DataError naming the file and the line.
+
+    The csv module is strict here: its lenient default reads a file cut inside a quoted field
+    as one huge last field, which silently dropped most of a truncated training set.
+    """
+    text = decode(read_checked(path), path, "E2E")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    refs: dict[str, list[str]] = {}
+    first_line: dict[str, int] = {}  # MR -> line of its first row (to name a bad MR)
+    line = 1  # first physical line of the row being read
+    try:
         header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["mr", "ref"]:
-            raise DataError(f"E2E: {path} does not start with the header 'mr,ref'")
-        return group_pairs((row[0], row[1]) for row in reader if row)
+        if header is None:
+            raise DataError(f"E2E: {path} is empty; expected the header 'mr,ref' and rows")
+        if [h.strip() for h in header] != ["mr", "ref"]:
+            got = ",".join(header)[:60]
+            raise DataError(f"E2E: {path}:1: expected the header 'mr,ref', got {got!r}")
+        line = reader.line_num + 1
+        for row in reader:
+            row_line, line = line, reader.line_num + 1
+            if not row:
+                continue
+            if len(row) != 2 or line - row_line > 1 or not row[0].strip() or not row[1].strip():
+                _check_row(row, f"{path}:{row_line}", line - row_line)  # names what is wrong
+            mr, ref = row
+            if mr not in refs:
+                refs[mr] = []
+                first_line[mr] = row_line
+            refs[mr].append(ref)
+    except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise DataError(
+                f"E2E: {path}:{line}: a quoted field opened on this line is never closed "
+                f"(the file ends inside it, line {reader.line_num}); is the file cut short, "
+                "or is a quote unbalanced?"
+            ) from None
+        raise DataError(
+            f"E2E: {path}:{line}: malformed CSV quoting ({err} on line {reader.line_num}); "
+            "an unbalanced quote?"
+        ) from None
+    if text and not text.endswith(("\n", "\r")):
+        log.warning(
+            "E2E: %s:%d: the last line has no line end; is the file cut short?", path, line - 1
+        )
+    out = []
+    for mr, r in refs.items():
+        try:
+            source = linearize_mr(mr)
+        except DataError as err:
+            reason = str(err).removeprefix("E2E: ")
+            raise DataError(f"E2E: {path}:{first_line[mr]}: {reason}") from None
+        out.append(Example(source=source, references=tuple(r), meta={"mr": mr}))
+    return out
+
+
+#: A reference of the release spans at most 2 lines and 400 characters; a multi-line field far
+#: beyond that is a stray quote that swallowed the rows after it.
+_MAX_LINES_IN_FIELD = 3
+_MAX_MULTILINE_FIELD = 2000
+
+
+def _check_row(row: list[str], where: str, n_lines: int) -> None:
+    if len(row) != 2:
+        raise DataError(f"E2E: {where}: expected 2 columns (mr,ref), got {len(row)}")
+    for name, value in zip(("mr", "ref"), row, strict=True):
+        if ("\n" in value or "\r" in value) and (
+            n_lines > _MAX_LINES_IN_FIELD or len(value) > _MAX_MULTILINE_FIELD
+        ):
+            raise DataError(
+                f"E2E: {where}: the {name} field runs over {n_lines} lines "
+                f"({len(value)} characters); an unbalanced quote swallowed the rows after it?"
+            )
+        if not value.strip():
+            raise DataError(f"E2E: {where}: empty {name} field")
 
 
 def load(split: str, root: Path, subset: str = "all") -> list[Example]:

@@ -3,12 +3,14 @@
 When a dataset's folder is absent from the data root, the loaders fetch the same data with
 ``datasets.load_dataset`` and convert it to the same :class:`~prefixtune.data.Example`.
 Before touching ``datasets`` (slow to import, and it retries for a long time when the network
-is down) we decide in well under a second whether the hub can be used:
+is down) we decide within a few seconds whether the hub can be used, with the checks shared
+with the model loader (:mod:`prefixtune.hubprobe`):
 
-1. ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set to a true value -> offline, unless the
-   dataset is already in the local Hugging Face cache (then ``datasets`` reads it offline);
-2. otherwise one TCP connection to the hub endpoint with a short, hard time limit (DNS
-   included: the probe runs in a daemon thread that we stop waiting for).
+1. an offline variable (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``, ``TRANSFORMERS_OFFLINE``)
+   set to a true value -> offline, unless the dataset is already in the local Hugging Face
+   cache (then ``datasets`` reads it offline);
+2. otherwise one real HTTP request to the hub endpoint under one hard total deadline (DNS,
+   connect, TLS and the status line included).
 
 If the hub cannot be used we raise a one-line :class:`DataError` naming both remedies.
 """
@@ -16,19 +18,31 @@ If the hub cannot be used we raise a one-line :class:`DataError` naming both rem
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+# probe_hub and offline_reason are looked up in this module's namespace at call time, so tests
+# can monkeypatch ``prefixtune.data.hub.probe_hub``.
+from prefixtune.hubprobe import (
+    OFFLINE_VARS,
+    bounded_hub_timeouts,
+    offline_reason,
+    probe_hub,
+)
 
 from .base import DataError
 
-_TRUE = {"1", "ON", "YES", "TRUE"}
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-#: Hard limit (seconds) on the connectivity probe, DNS included.
-PROBE_TIMEOUT_S = 1.0
+__all__ = [
+    "OFFLINE_VARS",
+    "HubSource",
+    "field_list",
+    "in_local_hf_cache",
+    "load_hub_rows",
+    "offline_reason",
+    "probe_hub",
+    "unavailable_message",
+]
 
 
 @dataclass(frozen=True)
@@ -39,42 +53,6 @@ class HubSource:
     split: str
     config: str | None = None
     revision: str | None = None
-
-
-def offline_reason() -> str | None:
-    """The offline environment variable that is set, if any."""
-    for var in OFFLINE_VARS:
-        value = os.environ.get(var, "")
-        if value.strip().upper() in _TRUE:
-            return f"{var}={value}"
-    return None
-
-
-def _hub_host() -> tuple[str, int]:
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    url = urlparse(endpoint)
-    port = url.port or (80 if url.scheme == "http" else 443)
-    return url.hostname or "huggingface.co", port
-
-
-def probe_hub(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """``None`` when a TCP connection to the hub opens within ``timeout``; else why not."""
-    host, port = _hub_host()
-    result: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(None)
-        except OSError as exc:  # DNS failure, refused, unreachable, timeout
-            result.append(f"cannot connect to {host}:{port}: {exc}")
-
-    thread = threading.Thread(target=attempt, name="prefixtune-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 0.2)  # getaddrinfo ignores socket timeouts: bound it here
-    if not result:
-        return f"no answer from {host}:{port} within {timeout:g} s"
-    return result[0]
 
 
 def _cache_dirs() -> list[Path]:
@@ -124,9 +102,10 @@ def load_hub_rows(task: str, split: str, sources: Sequence[HubSource], local: st
     errors = []
     for src in sources:
         try:
-            return datasets.load_dataset(
-                src.repo, src.config, split=src.split, revision=src.revision
-            )
+            with bounded_hub_timeouts():
+                return datasets.load_dataset(
+                    src.repo, src.config, split=src.split, revision=src.revision
+                )
         except Exception as exc:  # noqa: BLE001 - we report every attempt in one line
             errors.append(f"{src.repo}[{src.config or 'default'}:{src.split}]: {_one_line(exc)}")
     raise DataError(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataError, Example, clean, local_files, parse_xml
+from .base import DataError, Example, clean, entry_where, local_files, parse_xml
 from .hub import HubSource, field_list, load_hub_rows
 
 FOLDER = "webnlg2017"
@@ -95,22 +95,57 @@ def _example(triples, texts, comments, category, eid, size) -> Example:
 
 
 def read_xml(path: Path) -> list[Example]:
+    """The entries of one release XML file; a malformed entry is one DataError naming the
+    file, the entry's line and its eid."""
     root = parse_xml(path, "WebNLG")
     out = []
-    for entry in root.iter("entry"):
-        triples = [clean(t.text) for t in entry.iterfind("modifiedtripleset/mtriple")]
-        lexes = entry.findall("lex")
-        out.append(
-            _example(
-                triples,
-                [clean(lex.text) for lex in lexes],
-                [lex.get("comment", "") for lex in lexes],
-                entry.get("category", ""),
-                entry.get("eid", ""),
-                int(entry.get("size", len(triples))),
-            )
-        )
+    for n, entry in enumerate(root.iter("entry")):
+        try:
+            out.append(_xml_example(entry))
+        except _EntryError as err:
+            where = entry_where(path, n, entry.get("eid"))
+            raise DataError(f"WebNLG: {where}: {err}") from None
     return out
+
+
+class _EntryError(Exception):
+    """What is wrong with one entry (the caller adds where it is)."""
+
+
+def _xml_example(entry) -> Example:
+    triples = [clean(t.text) for t in entry.iterfind("modifiedtripleset/mtriple")]
+    if not triples:
+        raise _EntryError("no modifiedtripleset/mtriple element")
+    lexes = entry.findall("lex")
+    if not lexes:
+        raise _EntryError("no lex element (no reference text)")
+    try:
+        split = [split_triple(t) for t in triples]
+    except DataError as err:
+        raise _EntryError(str(err).removeprefix("WebNLG: ")) from None
+    size = entry.get("size")
+    if size is None:
+        size = len(split)
+    elif not size.strip().isdigit():
+        raise _EntryError(f"size={size!r} is not a number of triples")
+    return _example(
+        triples,
+        [clean(lex.text) for lex in lexes],
+        [lex.get("comment", "") for lex in lexes],
+        entry.get("category", ""),
+        entry.get("eid", ""),
+        int(size),
+    )
+
+
+def _size(value: object, triples: list, where: str) -> int:
+    """A hub row's size: its number of triples."""
+    if not value:  # absent, empty or 0: the number of triples, as before
+        return len(triples)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"WebNLG: {where}: size={value!r} is not a number of triples") from None
 
 
 def _split_files(root: Path, split: str) -> list[Path] | None:
@@ -146,7 +181,7 @@ def _from_hub(split: str, root: Path) -> list[Example]:
                 field_list(lex, "comment"),
                 r["category"],
                 r["eid"],
-                int(r.get("size") or len(triples)),
+                _size(r.get("size"), triples, f"hub row {r['eid']}"),
             )
         )
     if split == "test" and len(out) != TEST_SIZE:

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from .base import DataError, Example, local_files
+from .checksums import decode, read_checked
 from .hub import HubSource, load_hub_rows
 
 FOLDER = "xsum"
@@ -44,15 +45,25 @@ def _example(row: dict) -> Example:
 
 
 def read_jsonl(path: Path) -> list[Example]:
+    """One JSON record per line; a bad line is one DataError naming the file and the line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(_example(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"XSum: bad record at {path}:{n}: {exc!r}") from exc
+    for n, line in enumerate(decode(read_checked(path), path, "XSum").split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"XSum: {path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a JSON {type(row).__name__}, expected an object")
+        missing = [k for k in ("id", "document", "summary") if k not in row]
+        if missing:
+            raise DataError(f"{where}: the record has no {', '.join(map(repr, missing))}")
+        bad = [k for k in ("document", "summary") if not isinstance(row[k], str)]
+        if bad:
+            raise DataError(f"{where}: {', '.join(map(repr, bad))} is not a string")
+        out.append(_example(row))
     return out
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -57,7 +60,8 @@ class PrefixConfig:
         self.validate()
 
     def validate(self) -> None:
-        if int(self.length) < 1:
+        self._check_types()
+        if self.length < 1:
             raise PrefixError(f"prefix.length must be >= 1, got {self.length}")
         _choice("prefix.mode", self.mode, PrefixMode)
         _choice("prefix.init", self.init, PrefixInit)
@@ -68,18 +72,65 @@ class PrefixConfig:
         if self.init == PrefixInit.text.value and not str(self.init_text).strip():
             raise PrefixError("prefix.init=text needs a non-empty prefix.init_text")
 
+    def _check_types(self) -> None:
+        """Each field must hold its annotated type: an int field an integer (not a bool, not a
+        string), a float field a number, a bool field a bool, a str field a string. Integers and
+        numbers are normalised to plain int / float so that the JSON stays plain."""
+        for name, kind in _field_types().items():
+            value = getattr(self, name)
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind is int:
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind is float:
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                raise PrefixError(
+                    f"prefix.{name} must be {_TYPE_WORDS[kind]}, got {_show(value)} "
+                    f"({type(value).__name__})"
+                )
+            if kind in (int, float):
+                setattr(self, name, kind(value))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> PrefixConfig:
+    def from_dict(cls, d: Mapping) -> PrefixConfig:
+        """A config from a plain mapping (e.g. a checkpoint's JSON); keys left out take their
+        defaults, and every mistake (not a mapping, unknown key, wrong type, bad value) is a
+        one-line PrefixError that names the key and the value."""
+        if not isinstance(d, Mapping):
+            raise PrefixError(f"a prefix config must be a mapping, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        unknown = [k for k in d if k not in names]
         if unknown:
             raise PrefixError(
-                f"unknown prefix config keys {sorted(unknown)}; valid: {sorted(names)}"
+                f"unknown prefix config keys {sorted(map(str, unknown))}; valid: {sorted(names)}"
             )
         return cls(**d)
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _field_types() -> dict[str, type]:
+    global _FIELD_TYPES
+    if _FIELD_TYPES is None:
+        hints = typing.get_type_hints(PrefixConfig)
+        _FIELD_TYPES = {f.name: hints[f.name] for f in dataclasses.fields(PrefixConfig)}
+    return _FIELD_TYPES
+
+
+_FIELD_TYPES: dict[str, type] | None = None
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """repr(value) on one line and not too long, for error messages."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _choice(name: str, value: object, enum: type[Enum]) -> None:

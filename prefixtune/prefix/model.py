@@ -76,6 +76,7 @@ class PrefixModel(nn.Module):
             {name: PrefixEncoder(L, w, config.reparam, k, h) for name, w in widths.items()}
         ).to(self.device)
         self.stored: dict[str, StoredPrefix] = {}
+        self._fingerprint: tuple[str | None] | None = None  # see base_fingerprint
         self.init_residual: float | None = None
         if config.init == PrefixInit.text.value:
             if tokenizer is None:
@@ -333,40 +334,69 @@ class PrefixModel(nn.Module):
             return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def base_fingerprint(self) -> str | None:
+        """A hash of a fixed sample of the frozen base's weights (not the prefix's), computed
+        once per model; a saved prefix records it, and loading checks it (checkpoint.py)."""
+        if self._fingerprint is None:
+            from .checkpoint import base_fingerprint
+
+            self._fingerprint = (base_fingerprint(self.base),)
+        return self._fingerprint[0]
+
     def save_prefix(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         from .checkpoint import save_prefix
 
         return save_prefix(self, folder, dtype=dtype)
 
-    def add_prefix(self, name: str, folder: str | Path) -> None:
-        """Load a saved prefix next to the others, frozen, for mixed-prefix batches."""
+    def add_prefix(self, name: str, folder: str | Path, *, allow_other_base: bool = False) -> None:
+        """Load a saved prefix next to the others, frozen, for mixed-prefix batches.
+
+        A prefix trained on other base weights (its saved fingerprint differs) is refused;
+        allow_other_base=True loads it anyway, with a warning."""
         from .checkpoint import load_prefix
 
         if name in self.prefix_names:
             raise PrefixError(f"a prefix named {name!r} is already loaded")
-        config, tensors = load_prefix(folder, self)
+        config, tensors = load_prefix(folder, self, allow_other_base=allow_other_base)
         self.stored[name] = StoredPrefix(config, {k: t.to(self.device) for k, t in tensors.items()})
 
     @classmethod
-    def from_prefix(cls, base: nn.Module, folder: str | Path, tokenizer=None) -> PrefixModel:
-        """A model whose own prefix is the saved P (held directly: the MLP is not kept)."""
+    def from_prefix(
+        cls, base: nn.Module, folder: str | Path, tokenizer=None, *, allow_other_base: bool = False
+    ) -> PrefixModel:
+        """A model whose own prefix is the saved P (held directly: the MLP is not kept).
+
+        On any failure the base is left unwrapped, free for another PrefixModel."""
         from .checkpoint import read_config
 
         saved = read_config(folder)
         config = PrefixConfig.from_dict({**saved, "reparam": False, "init": "random"})
         model = cls(base, config, tokenizer)
-        model.load_prefix(folder)
+        try:
+            model.load_prefix(folder, allow_other_base=allow_other_base)
+        except BaseException:
+            model.unwrap()
+            raise
         return model
 
     @torch.no_grad()
-    def load_prefix(self, folder: str | Path) -> None:
-        """Set the model's own prefix to a saved P (direct parameterisation only)."""
+    def load_prefix(self, folder: str | Path, *, allow_other_base: bool = False) -> None:
+        """Set the model's own prefix to a saved P (direct parameterisation only); see
+        add_prefix for allow_other_base."""
         from .checkpoint import load_prefix
 
-        config, tensors = load_prefix(folder, self)
-        if self.config.reparam or config.length != self.config.length:
+        config, tensors = load_prefix(folder, self, allow_other_base=allow_other_base)
+        if (
+            self.config.reparam
+            or config.length != self.config.length
+            or config.mode != self.config.mode
+        ):
             raise PrefixError(
-                "load_prefix needs a direct (reparam=false) prefix of the same length"
+                "load_prefix needs a direct (reparam=false) prefix of the same length and mode; "
+                f"this model has length={self.config.length}, mode={self.config.mode}, "
+                f"reparam={self.config.reparam}, the prefix in {folder} length={config.length}, "
+                f"mode={config.mode}"
             )
         for key, tensor in tensors.items():
             self.encoders[key].p.copy_(tensor)
