@@ -273,5 +273,16 @@ def semantic_overrides(overrides: list[str]) -> list[str]:
     return sorted(o for o in overrides if is_semantic(o))
 
 
+def flatten(d: Any, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of ``a.b.c`` keys (``sep`` between the parts)."""
+    if not isinstance(d, dict):
+        return {prefix[: -len(sep)]: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, sep, key + sep) if isinstance(v, dict) else {key: v})
+    return out
+
+
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig
 
 from prefixtune.checkpoint import finite_or_none, write_text
-from prefixtune.config import LoggerName, MethodName, enum_value, to_container
+from prefixtune.config import LoggerName, MethodName, enum_value, flatten, to_container
 
 LOSSES = "losses.jsonl"
 
@@ -106,21 +106,11 @@ class WandbLogger:
         self.run.log(values, step=record["step"])
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        for key, value in _flatten(metrics).items():
+        for key, value in flatten(metrics, sep="/").items():
             self.run.summary[key] = value
 
     def close(self) -> None:
         self.run.finish()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class MultiLogger:

@@ -32,6 +32,7 @@ from prefixtune.config import (
     MethodName,
     TaskName,
     enum_value,
+    flatten,
     is_semantic,
     semantic_overrides,
     to_container,
@@ -454,17 +455,10 @@ def _check_positions(
 
 
 def _check_same_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    old, new = _dotted(saved), _dotted(current)
+    old, new = flatten(saved), flatten(current)
     diffs = [k for k in old.keys() | new.keys() if is_semantic(k) and old.get(k) != new.get(k)]
     if diffs:
         raise UsageError(
             f"the checkpoint was written with a different config ({', '.join(sorted(diffs))} "
             "differ); resume with the same overrides"
         )
-
-
-def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
