@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import UsageError
+
+T = TypeVar("T")
 
 #: Environment variable that overrides the default data root.
 DATA_ROOT_ENV = "PREFIXTUNE_DATA_ROOT"
@@ -90,6 +94,21 @@ def parse_xml(path: Path, dataset: str) -> ET.Element:
 
 
 _ENTRY_TAG = re.compile(rb"<entry[\s>/]")
+
+
+def read_xml_entries(path: Path, dataset: str, parse: Callable[[ET.Element], T]) -> list[T]:
+    """``parse`` of every ``<entry>`` of a release XML file; a DataError from one entry becomes
+    one line naming the dataset, the file, the entry's line and its eid."""
+    out = []
+    for n, entry in enumerate(parse_xml(path, dataset).iter("entry")):
+        try:
+            out.append(parse(entry))
+        except DataError as err:
+            reason = str(err).removeprefix(f"{dataset}: ")
+            raise DataError(
+                f"{dataset}: {entry_where(path, n, entry.get('eid'))}: {reason}"
+            ) from None
+    return out
 
 
 def entry_where(path: Path, index: int, eid: str | None) -> str:

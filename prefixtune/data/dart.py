@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import DataError, Example, clean, entry_where, local_files, parse_xml
+from .base import DataError, Example, clean, local_files, read_xml_entries
 from .checksums import decode, read_checked
 from .hub import HubSource, field_list, load_hub_rows
 
@@ -118,15 +118,7 @@ def _json_example(i: int, d: dict) -> Example:
 def read_xml(path: Path) -> list[Example]:
     """The entries of a release XML file; a malformed entry is one DataError naming the file,
     the entry's line and its eid."""
-    root = parse_xml(path, "DART")
-    out = []
-    for n, entry in enumerate(root.iter("entry")):
-        try:
-            out.append(_xml_example(entry))
-        except DataError as err:
-            where = entry_where(path, n, entry.get("eid"))
-            raise DataError(f"DART: {where}: {str(err).removeprefix('DART: ')}") from None
-    return out
+    return read_xml_entries(path, "DART", _xml_example)
 
 
 def _xml_example(entry) -> Example:

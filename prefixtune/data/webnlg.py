@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataError, Example, clean, entry_where, local_files, parse_xml
+from .base import DataError, Example, clean, local_files, read_xml_entries
 from .hub import HubSource, field_list, load_hub_rows
 
 FOLDER = "webnlg2017"
@@ -97,37 +97,22 @@ def _example(triples, texts, comments, category, eid, size) -> Example:
 def read_xml(path: Path) -> list[Example]:
     """The entries of one release XML file; a malformed entry is one DataError naming the
     file, the entry's line and its eid."""
-    root = parse_xml(path, "WebNLG")
-    out = []
-    for n, entry in enumerate(root.iter("entry")):
-        try:
-            out.append(_xml_example(entry))
-        except _EntryError as err:
-            where = entry_where(path, n, entry.get("eid"))
-            raise DataError(f"WebNLG: {where}: {err}") from None
-    return out
-
-
-class _EntryError(Exception):
-    """What is wrong with one entry (the caller adds where it is)."""
+    return read_xml_entries(path, "WebNLG", _xml_example)
 
 
 def _xml_example(entry) -> Example:
     triples = [clean(t.text) for t in entry.iterfind("modifiedtripleset/mtriple")]
     if not triples:
-        raise _EntryError("no modifiedtripleset/mtriple element")
+        raise DataError("no modifiedtripleset/mtriple element")
     lexes = entry.findall("lex")
     if not lexes:
-        raise _EntryError("no lex element (no reference text)")
-    try:
-        split = [split_triple(t) for t in triples]
-    except DataError as err:
-        raise _EntryError(str(err).removeprefix("WebNLG: ")) from None
+        raise DataError("no lex element (no reference text)")
+    split = [split_triple(t) for t in triples]  # a bad triple: DataError "WebNLG: ..."
     size = entry.get("size")
     if size is None:
         size = len(split)
     elif not size.strip().isdigit():
-        raise _EntryError(f"size={size!r} is not a number of triples")
+        raise DataError(f"size={size!r} is not a number of triples")
     return _example(
         triples,
         [clean(lex.text) for lex in lexes],
