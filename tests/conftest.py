@@ -11,6 +11,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from prefixtune.cli import CONF_DIR
 from prefixtune.config import register_configs
@@ -46,6 +54,72 @@ register_configs()
 # the accelerator code paths on a machine that has one (CI has none and runs on the CPU).
 if os.environ.get("PREFIXTUNE_TEST_DEVICE"):
     torch.set_default_device(os.environ["PREFIXTUNE_TEST_DEVICE"])
+
+
+# Tiny random models for the prefix engine's unit tests (seconds on a CPU).
+VOCAB = 120
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    """A tiny random GPT-2 (2 layers, 4 heads of 8)."""
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=128,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(
+    config=LlamaConfig, model=LlamaForCausalLM, seed: int = 0, **extra
+) -> LlamaForCausalLM:
+    """A tiny Llama (or a model of the same family: Mistral, ...) with grouped-query attention."""
+    torch.manual_seed(seed)
+    cfg = config(
+        **extra,
+        num_hidden_layers=2,
+        hidden_size=48,
+        intermediate_size=64,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return model(cfg).eval()
+
+
+def tiny_bart(seed: int = 0) -> BartForConditionalGeneration:
+    """A tiny random BART (2 + 2 layers)."""
+    torch.manual_seed(seed)
+    cfg = BartConfig(
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=128,
+        init_std=0.2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=None,
+    )
+    return BartForConditionalGeneration(cfg).eval()
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | str | None = None) -> DictConfig:

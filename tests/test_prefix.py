@@ -7,77 +7,11 @@ import json
 
 import pytest
 import torch
-from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from conftest import VOCAB, tiny_bart, tiny_gpt2, tiny_llama
 
 from prefixtune.prefix import PrefixConfig, PrefixError, PrefixModel
 
-VOCAB = 120
 ATOL = 1e-5
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        vocab_size=VOCAB,
-        n_positions=128,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def tiny_llama(config=LlamaConfig, model=LlamaForCausalLM, **extra) -> LlamaForCausalLM:
-    """A tiny Llama (or a model of the same family: Mistral, ...) with grouped-query attention."""
-    torch.manual_seed(0)
-    cfg = config(
-        **extra,
-        num_hidden_layers=2,
-        hidden_size=48,
-        intermediate_size=64,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return model(cfg).eval()
-
-
-def tiny_bart() -> BartForConditionalGeneration:
-    torch.manual_seed(0)
-    cfg = BartConfig(
-        vocab_size=VOCAB,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=48,
-        decoder_ffn_dim=48,
-        max_position_embeddings=128,
-        init_std=0.2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-        forced_eos_token_id=None,
-    )
-    return BartForConditionalGeneration(cfg).eval()
 
 
 DECODERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}

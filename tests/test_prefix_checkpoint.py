@@ -11,60 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_bart, tiny_gpt2, tiny_llama
 from safetensors.torch import load_file, save_file
 from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
 from prefixtune.prefix import PrefixConfig, PrefixError, PrefixModel
 from prefixtune.prefix import checkpoint as ckpt
 
-VOCAB = 120
 LENGTH = 3
 GPT2_STREAMS = {"self": [2, 4, 8]}  # layers, kv_heads, head_dim of tiny_gpt2
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=48,
-        intermediate_size=64,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_bart(seed: int = 0) -> BartForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = BartConfig(
-        vocab_size=VOCAB,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=48,
-        decoder_ffn_dim=48,
-        max_position_embeddings=64,
-        decoder_start_token_id=2,
-        forced_eos_token_id=None,
-    )
-    return BartForConditionalGeneration(cfg).eval()
 
 
 def small(length: int = LENGTH, **kw) -> PrefixConfig:
@@ -388,9 +346,7 @@ def test_fingerprint_sees_names_and_shapes():
     with torch.no_grad():  # a value outside the sampled slices changes nothing ...
         base.transformer.h[0].ln_1.weight[3] += 1.0
     assert ckpt.base_fingerprint(base) == fp
-    bigger = GPT2LMHeadModel(
-        GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64)
-    )
+    bigger = GPT2LMHeadModel(GPT2Config.from_dict({**base.config.to_dict(), "n_layer": 3}))
     bigger.load_state_dict(base.state_dict(), strict=False)  # ... another layer count does
     assert ckpt.base_fingerprint(bigger) != fp
     assert ckpt.base_fingerprint(torch.nn.Module()) is None
