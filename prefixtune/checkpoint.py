@@ -1,11 +1,13 @@
-"""The resumable training state and the run folder's rules: atomic writes, never clobber,
-one run per folder, nothing ever unpickled.
+"""The resumable training state (`TrainState`), stored without pickle.
 
 A checkpoint is one self-contained state (as in nanoGPT): the trainable parameters, optimizer,
-scheduler, step, the best dev state so far and every process's RNG states. The data order is a
+scheduler, step, the best dev loss so far and every process's RNG states. The data order is a
 pure function of (seed, epoch), so the step number alone says where in the data to continue.
+The best parameters are not a second copy in memory or in the checkpoint: they are written to
+`best.safetensors` when the dev loss improves, right after a checkpoint of that very step, so
+the state on disk always says where they are (see `best_params`).
 
-It is stored without pickle, in one safetensors file (written atomically): every tensor of the
+It is stored in one safetensors file (written atomically, see runfolder.py): every tensor of the
 state is a tensor of the file, and the rest of the state (numbers, strings, lists, the config)
 is JSON in the file's metadata, with each tensor replaced by a reference to its key. Loading
 reads raw tensor bytes and parses JSON; a crafted file cannot run code.
@@ -13,14 +15,12 @@ reads raw tensor bytes and parses JSON; a crafted file cannot run code.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import dataclasses
 import json
 import math
 import os
 import random
-import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,76 +28,13 @@ import numpy as np
 import torch
 
 from prefixtune.errors import UsageError
+from prefixtune.runfolder import BEST, CHECKPOINT, LEGACY_CHECKPOINT, atomic_write
 
-CHECKPOINT = "checkpoint.safetensors"
-LEGACY_CHECKPOINT = "checkpoint.pt"  # pickled by prefixtune < 0.2: refused, never loaded
-OVERRIDES = "overrides.json"
-METRICS = "metrics.json"
-LOCK = ".lock"  # held (flock) by the process writing the run; the OS drops it if that dies
-FORMAT = "prefixtune-checkpoint/1"
-_TMP_SUFFIX = ".tmp"  # temporary files of atomic writes: .<name>.<random>.tmp
+FORMAT = "prefixtune-checkpoint/1"  # any state dict; TrainState is the one train.py writes
 
 
 class CheckpointError(UsageError):
     """A checkpoint that cannot be used (corrupt, legacy pickle, another config)."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through a temporary file in the same folder, fsync, then os.replace into place.
-
-    The file gets the usual mode (0666 less the umask, 0644 by default), not mkstemp's 0600."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete what interrupted atomic writes left behind (a killed write can leave ~100 MB).
-
-    Only call this while holding the folder's lock: then no other process is writing there."""
-    removed = []
-    for tmp in Path(folder).rglob(f".*{_TMP_SUFFIX}"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Strict JSON only (NaN and inf become null), so every JSON reader can read the file."""
-    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=True, allow_nan=False)
-    write_text(path, text + "\n")
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with every NaN and inf float, at any depth, as None (JSON has no spelling for
-    them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 # ---- the RNG state as plain data --------------------------------------------------------------
@@ -195,11 +132,11 @@ def load_checkpoint(folder: str | os.PathLike) -> dict[str, Any] | None:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT or "state" not in meta:
                 raise ValueError(f"not a {FORMAT} file")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # not a dict
         state = _decode(json.loads(meta["state"]), tensors)
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("no training step in it")
-    except Exception as err:  # noqa: BLE001 - any failure to read means the same to the user
+    except Exception as err:  # any failure to read means the same to the user
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({reason}); delete it to start that "
@@ -223,129 +160,92 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
             params[name].copy_(value)
 
 
-class RunFolder:
-    """A run folder this process has claimed: it holds the folder's lock until ``release``.
-
-    The lock is an flock on ``.lock`` inside the folder, so it dies with the process (kill -9
-    included) and a later ``resume=true`` can take the folder over."""
-
-    def __init__(self, path: Path, fd: int | None, resumed: bool, finished: bool = False):
-        self.path, self._fd, self.resumed, self.finished = path, fd, resumed, finished
-
-    def release(self, failed: bool = False) -> None:
-        """Drop the lock; after a failure that wrote nothing, also remove the empty folder."""
-        if self._fd is None:
-            return
-        os.close(self._fd)
-        self._fd = None
-        if failed and not self.resumed:
-            entries = {p.name for p in self.path.iterdir()} if self.path.is_dir() else set()
-            if entries <= {LOCK}:
-                (self.path / LOCK).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()
+# ---- the training state -----------------------------------------------------------------------
 
 
-def claim_run_dir(
-    output_dir: str | os.PathLike, resume: bool, overrides: list[str], unique: bool = False
-) -> RunFolder:
-    """Choose and claim the folder this run writes to; one run per folder, atomically.
+@dataclass
+class TrainState:
+    """Where a run's training stands; the checkpoint file holds exactly these fields."""
 
-    Without resume the folder must be empty. When it is taken (used, or claimed at the same
-    moment by a run started in the same second), ``unique=True`` (Hydra's default,
-    timestamped folder) moves on to ``<folder>-2``, ``-3``, ...; a folder the user named gives
-    one error line. With resume: the folder itself if it holds a checkpoint, else the newest
-    sibling run started with the same overrides (Hydra gives every launch a fresh timestamped
-    folder, so "the same command plus resume=true" lands next to the run it should continue).
-    A run that already finished is reported (``finished``) and left as it is.
-    """
-    out = Path(output_dir)
-    if resume:
-        target = None
-        if (out / CHECKPOINT).is_file() or (out / LEGACY_CHECKPOINT).is_file():
-            target = out
-        elif (found := _find_resumable(out, overrides)) is not None:
-            _remove_if_empty(out)
-            target = found
-        elif _used(out):
-            raise UsageError(f"resume=true but {out} holds no checkpoint to resume from")
-        if target is not None:
-            if (target / METRICS).is_file():
-                return RunFolder(target, None, resumed=True, finished=True)
-            fd = _lock(target)
-            if fd is None:
-                raise UsageError(f"run folder {target} is being written by another process now")
-            return RunFolder(target, fd, resumed=True)
-    busy = False  # the last folder tried was locked by a live run (not merely used)
-    for n in range(1, 1000 if unique else 2):
-        candidate = out if n == 1 else out.with_name(f"{out.name}-{n}")
-        busy = False
-        if not _used(candidate) or {p.name for p in candidate.iterdir()} == {LOCK}:
-            fd = _lock(candidate)
-            busy = fd is None
-            if fd is not None:
-                if {p.name for p in candidate.iterdir()} == {LOCK}:
-                    if candidate != out:
-                        _remove_if_empty(out)
-                    return RunFolder(candidate, fd, resumed=False)
-                os.close(fd)  # another run claimed and wrote it between our look and our lock
-    if busy:
-        raise UsageError(
-            f"run folder {out} is being written by another run right now; choose another "
-            "hydra.run.dir"
+    step: int = 0
+    best_loss: float = math.inf  # the best dev loss so far (inf: none yet)
+    best_step: int = 0  # the step of best_loss; its parameters are in best.safetensors
+    bad_evals: int = 0  # dev evaluations since the last improvement (early stopping)
+    elapsed_s: float = 0.0  # wall time of the run up to this state, over all its segments
+    trainable: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    rng: list[dict[str, Any]] = field(default_factory=list)  # one per process
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config of the run
+
+    @property
+    def has_best(self) -> bool:
+        return math.isfinite(self.best_loss)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainState))
+
+
+def save_state(folder: str | os.PathLike, state: TrainState) -> None:
+    save_checkpoint(folder, {name: getattr(state, name) for name in _FIELDS})  # no deep copy
+
+
+def load_state(folder: str | os.PathLike) -> TrainState | None:
+    """The run's TrainState, or None when it has no checkpoint; a bad one is a CheckpointError."""
+    saved = load_checkpoint(folder)
+    if saved is None:
+        return None
+    path = Path(folder) / CHECKPOINT
+    if "best" in saved:  # written before TrainState: the best parameters inside the file
+        best = saved.pop("best")
+        saved.update(best_loss=best["loss"], best_step=best["step"])
+        if best.get("params") is not None:
+            write_best(folder, best["params"], best["step"])
+    unknown = sorted(set(saved) - set(_FIELDS))
+    missing = sorted({"step", "trainable", "optimizer", "scheduler", "rng", "config"} - set(saved))
+    if unknown or missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not a training state of this prefixtune (unknown keys "
+            f"{unknown}, missing {missing}); delete it to start that run over"
         )
-    raise UsageError(
-        f"run folder {out} is not empty; refusing to overwrite it (add resume=true to continue "
-        "that run, or choose another hydra.run.dir)"
-    )
+    state = TrainState(**saved)
+    if state.best_loss is None:  # JSON null
+        state.best_loss = math.inf
+    return state
 
 
-def _used(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
+def write_best(folder: str | os.PathLike, params: dict[str, torch.Tensor], step: int) -> None:
+    """The best parameters so far, as plain safetensors with their step in the metadata."""
+    from safetensors.torch import save
+
+    tensors = {n: t.detach().cpu().contiguous() for n, t in params.items()}
+    data = save(tensors, metadata={"step": str(step)})
+    atomic_write(Path(folder) / BEST, lambda f: f.write(data), mode="wb")
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+def best_params(folder: str | os.PathLike, state: TrainState) -> dict[str, torch.Tensor] | None:
+    """The parameters of ``state.best_step`` from best.safetensors (which must be of that
+    step), or None when the model's current parameters are the ones to use: no dev evaluation
+    improved, or the best step is the current one (then best.safetensors may lag behind: it is
+    written after the checkpoint of its step)."""
+    if not state.has_best or state.best_step == state.step:
+        return None
+    from safetensors import safe_open
 
-
-def _lock(folder: Path) -> int | None:
-    """An fd holding the folder's exclusive lock, or None when another process holds it."""
+    path = Path(folder) / BEST
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise UsageError(
-            f"cannot write to the run folder {folder} ({err.strerror or err}); choose a writable "
-            "hydra.run.dir"
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step")
+            params = {k: f.get_tensor(k) for k in f.keys()}  # not a dict
+    except Exception as err:  # missing or unreadable: the same to the user
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CheckpointError(
+            f"{path} (the best parameters, of step {state.best_step}) is missing or unreadable "
+            f"({reason}); delete {Path(folder) / CHECKPOINT} to start that run over"
         ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _find_resumable(out: Path, overrides: list[str]) -> Path | None:
-    """The newest sibling run of the same command (finished or not) with a checkpoint."""
-    parent = out.parent
-    if not parent.is_dir():
-        return None
-    candidates = []
-    for run in parent.iterdir():
-        if run == out or not run.is_dir():
-            continue
-        files = [run / CHECKPOINT, run / LEGACY_CHECKPOINT]
-        if not any(f.is_file() for f in files):
-            continue
-        try:
-            saved = json.loads((run / OVERRIDES).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(saved, dict) and saved.get("semantic") == overrides:
-            candidates.append(run)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda r: (r / OVERRIDES).stat().st_mtime_ns)
+    if step != str(state.best_step):
+        raise CheckpointError(
+            f"{path} holds the parameters of step {step}, but the checkpoint's best step is "
+            f"{state.best_step}; delete {Path(folder) / CHECKPOINT} to start that run over"
+        )
+    return params

@@ -12,15 +12,16 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from prefixtune.config import register_configs, validate
+from prefixtune.config import CONF_DIR, register_configs, validate
 from prefixtune.errors import UsageError
+from prefixtune.prefix import PrefixError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 GROUPS = ("task", "model", "method", "logger", "experiment", "debug", "prefix_init", "sweep")
 # Hydra flags that take a value as the next argument.
 _FLAGS_WITH_VALUE = {
@@ -38,22 +39,13 @@ _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "-
 register_configs()
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is a one-line instruction to the user."""
-    errors: list[type[BaseException]] = [UsageError]
-    for module, name in (
-        ("prefixtune.data", "DataError"),
-        ("prefixtune.prefix", "PrefixError"),
-        ("prefixtune.metrics", "ScoreError"),
-    ):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+# Exceptions whose message is a one-line instruction to the user: the application's own errors
+# all subclass UsageError; the prefix library (which imports nothing of the application) has its
+# own PrefixError.
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, PrefixError)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(2)
 
@@ -193,12 +185,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     overrides = list(HydraConfig.get().overrides.task)
     try:
         metrics = train(cfg, overrides=overrides, unique_dir=not _NAMED_RUN_DIR[0])
-    except user_errors() as err:
+    except USER_ERRORS as err:
         out = Path(str(cfg.output_dir))
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         fail(str(err))
-        return None
     return metrics.get("dev_loss")
 
 

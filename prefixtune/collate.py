@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-IGNORE = -100
+from prefixtune.prefix import IGNORE_INDEX
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Collator:
         PrefixModel.forward)."""
         if self.encoder_decoder:
             input_ids, mask = self._pad([it.source for it in items], left=False)
-            labels, _ = self._pad([it.target for it in items], left=False, value=IGNORE)
+            labels, _ = self._pad([it.target for it in items], left=False, value=IGNORE_INDEX)
             dec_in = [[self.decoder_start] + it.target[:-1] for it in items]
             decoder_input_ids, decoder_mask = self._pad(dec_in, left=False)
             return {
@@ -75,7 +75,7 @@ class Collator:
             }
         seqs = [it.source + it.target for it in items]
         input_ids, mask = self._pad(seqs, left=False)
-        labels = torch.full_like(input_ids, IGNORE)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
         for row, it in enumerate(items):
             start = len(it.source)
             labels[row, start : start + len(it.target)] = torch.tensor(it.target)
@@ -91,8 +91,8 @@ class Collator:
         """How many tokens the model's mean loss averages over (to weight dev batches)."""
         labels = batch["labels"]
         if self.encoder_decoder:
-            return int((labels != IGNORE).sum())
-        return int((labels[:, 1:] != IGNORE).sum())
+            return int((labels != IGNORE_INDEX).sum())
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
     def _pad(
         self, seqs: list[list[int]], *, left: bool, value: int | None = None

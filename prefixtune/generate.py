@@ -1,17 +1,24 @@
 """Batched generation: exactly one output per input, returned in dataset order.
 
-Inputs are sorted by length so each batch pads little, then put back in their original order;
-with several processes each one takes every world_size-th input and rank 0 reassembles them.
+A PrefixModel generates through the engine's own continuous-batching beam search
+(prefix/decoding.py): a pool of `max_rows` beam rows, an input leaving as soon as it is done
+and a queued one joining at once, with the same outputs as transformers' beam search. Other
+models (the fine-tuning baselines) use transformers' generate() on length-sorted batches of
+``max_rows // num_beams`` inputs. With several processes each one takes every world_size-th
+input and rank 0 reassembles them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from prefixtune.collate import Collator
+from prefixtune.prefix import PrefixModel
+from prefixtune.prefix.decoding import beam_search
 
 
 @torch.no_grad()
@@ -20,45 +27,74 @@ def generate_outputs(
     collator: Collator,
     sources: list[str],
     *,
-    batch_size: int,
+    max_rows: int,
     num_beams: int,
     max_new_tokens: int,
     min_new_tokens: int = 0,
     length_penalty: float = 1.0,
+    prefixes: Sequence[str] | None = None,
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
     desc: str = "generate",
     show_progress: bool = True,
 ) -> list[tuple[int, str]]:
-    """This process's share of the outputs as (index, text); merge shares with merge_outputs."""
+    """This process's share of the outputs as (index, text); merge shares with merge_outputs.
+
+    ``max_rows``: beam rows in flight at once (inputs x num_beams); ``prefixes``: one prefix
+    name per source (mixed-prefix generation), None for the model's own prefix."""
     mine = list(range(rank, len(sources), world_size))
-    mine.sort(key=lambda i: len(sources[i]), reverse=True)
-    results: list[tuple[int, str]] = []
     model.eval()
-    eos = collator.eos
-    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    for idx in tqdm(batches, desc=desc, disable=not show_progress, unit="batch"):
+    settings: dict[str, Any] = dict(
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        length_penalty=length_penalty,
+        early_stopping=True,
+        eos_token_id=collator.eos,
+        pad_token_id=collator.pad,
+    )
+    if collator.encoder_decoder:
+        settings["decoder_start_token_id"] = collator.decoder_start
+    bar = tqdm(total=len(mine), desc=desc, disable=not show_progress, unit="input")
+    try:
+        if isinstance(model, PrefixModel):
+            outputs = beam_search(
+                model,
+                [collator.encode_source(sources[i]) for i in mine],
+                prefix=None if prefixes is None else [prefixes[i] for i in mine],
+                max_rows=max_rows,
+                progress=lambda _: bar.update(1),
+                **settings,
+            )
+            texts = [decode_until_eos(collator, ids) for ids in outputs]
+            return list(zip(mine, texts, strict=True))
+        if prefixes is not None:
+            raise ValueError("per-input prefixes need a PrefixModel")
+        texts = _transformers_generate(
+            model, collator, [sources[i] for i in mine], max_rows, device, bar, settings
+        )
+        return list(zip(mine, texts, strict=True))
+    finally:
+        bar.close()
+
+
+def _transformers_generate(model, collator, sources, max_rows, device, bar, settings) -> list[str]:
+    """transformers' generate() on length-sorted batches (models without a prefix)."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    size = max(1, max_rows // settings["num_beams"])
+    texts: list[str] = [""] * len(sources)
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
         batch = collator.generation_batch([sources[i] for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
-        kwargs: dict[str, Any] = dict(
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            length_penalty=length_penalty,
-            do_sample=False,
-            early_stopping=True,
-            eos_token_id=eos,
-            pad_token_id=collator.pad,
-        )
-        if collator.encoder_decoder:
-            kwargs["decoder_start_token_id"] = collator.decoder_start
-        out = model.generate(**batch, **kwargs)
+        out = model.generate(**batch, **settings, do_sample=False)
         if not collator.encoder_decoder:
             out = out[:, batch["input_ids"].shape[1] :]
         for i, row in zip(idx, out.tolist(), strict=True):
-            results.append((i, decode_until_eos(collator, row)))
-    return results
+            texts[i] = decode_until_eos(collator, row)
+        bar.update(len(idx))
+    return texts
 
 
 def decode_until_eos(collator: Collator, ids: list[int]) -> str:

@@ -32,6 +32,8 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
+from prefixtune.errors import one_line
+
 #: Values that switch an offline variable on (huggingface_hub's ``_is_true``).
 TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -70,15 +72,8 @@ def probe_timeout() -> float:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A redirect is an HTTP answer too: report it instead of following it (no 2nd host)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None
-
-
-def _one_line(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)  # URLError wraps the socket/SSL error
-    inner = reason if isinstance(reason, BaseException) else exc
-    text = " ".join(str(inner).split()) or type(inner).__name__
-    return f"{type(inner).__name__}: {text[:160]}"
 
 
 def probe_hub(timeout: float | None = None) -> str | None:
@@ -104,8 +99,8 @@ def probe_hub(timeout: float | None = None) -> str | None:
                 result.append(None)
         except urllib.error.HTTPError:  # any status line (401, 404, 3xx...) is an answer
             result.append(None)
-        except Exception as exc:  # noqa: BLE001 - DNS, refused, TLS, timeout, not HTTP
-            result.append(f"no HTTP answer from {endpoint}: {_one_line(exc)}")
+        except Exception as exc:  # DNS, refused, TLS, timeout, not HTTP
+            result.append(f"no HTTP answer from {endpoint}: {one_line(exc, 160)}")
 
     thread = threading.Thread(target=attempt, name="prefixtune-hub-probe", daemon=True)
     start = time.monotonic()

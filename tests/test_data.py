@@ -22,12 +22,10 @@ from prefixtune.data import (
     load_split,
     low_data_split,
     training_pairs,
-    truncate_tokens,
 )
 from prefixtune.data import dart as dart_mod
 from prefixtune.data import e2e as e2e_mod
 from prefixtune.data import hub as hub_mod
-from prefixtune.data import xsum as xsum_mod
 from prefixtune.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +245,7 @@ def test_dart_test_aligned_with_official_reference_files(dart_test):
 # ---------------------------------------------------------------------------- XSum
 
 
-def test_xsum_local_test_and_truncation():
+def test_xsum_local_test():
     test = load_split("xsum", "test", DATA)
     assert len(test) == 250
     split_ids = json.loads((DATA / "xsum" / "XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json").read_text())
@@ -255,38 +253,6 @@ def test_xsum_local_test_and_truncation():
     assert all(e.meta["id"] in official for e in test)
     assert test[0].meta["id"] == "10138849"
     assert all(len(e.references) == 1 and e.references[0] for e in test)
-    assert xsum_mod.MAX_SOURCE_TOKENS == 512
-
-    from transformers import GPT2TokenizerFast
-
-    tok = GPT2TokenizerFast.from_pretrained(str(DATA / "tokenizers" / "gpt2"))
-    long_doc = max(test, key=lambda e: len(e.source)).source
-    ids = tok(long_doc)["input_ids"]
-    assert len(ids) > 512
-    cut = truncate_tokens(long_doc, tok, xsum_mod.MAX_SOURCE_TOKENS)
-    assert long_doc.startswith(cut)
-    assert tok(cut)["input_ids"] == ids[:512]
-    short = "Hello world"
-    assert truncate_tokens(short, tok, 512) == short
-
-
-def test_truncate_tokens_slow_tokenizer_path():
-    class WordTokenizer:  # a minimal non-fast tokenizer: one token per word
-        is_fast = False
-
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": text.split()}
-
-        def decode(self, ids):
-            return " ".join(ids)
-
-    assert truncate_tokens("a b c d e", WordTokenizer(), 3) == "a b c"
-    assert truncate_tokens("a b", WordTokenizer(), 3) == "a b"
-    with pytest.raises(DataError):
-        truncate_tokens("a b", WordTokenizer(), -1)
-
-
-# ---------------------------------------------------------------------------- low data
 
 
 def test_low_data_protocol(e2e_dev):

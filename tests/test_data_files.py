@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DATA_ROOT
 
 from prefixtune.data import DataError, checksums, load_split
 from prefixtune.data import dart as dart_mod
@@ -23,10 +24,8 @@ from prefixtune.data import webnlg as webnlg_mod
 from prefixtune.data import xsum as xsum_mod
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = (REPO / ".." / "shared" / "data").resolve()
+DATA = DATA_ROOT
 WEBNLG_TRAIN_1 = "webnlg2017/train/1triples/1triple_allSolutions_Airport_train_challenge.xml"
-
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="official data not present")
 
 
 @pytest.fixture(autouse=True)

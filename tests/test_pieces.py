@@ -16,21 +16,24 @@ from conftest import DATA_ROOT, TINY, compose_cfg
 
 from prefixtune.checkpoint import (
     CheckpointError,
-    _umask,
-    atomic_write,
-    claim_run_dir,
     load_checkpoint,
-    remove_stale_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    write_json,
 )
-from prefixtune.collate import IGNORE, Collator
+from prefixtune.collate import Collator
 from prefixtune.errors import UsageError
 from prefixtune.generate import generate_outputs, merge_outputs
-from prefixtune.loggers import JsonlLogger, ablation
+from prefixtune.loggers import JsonlLogger, wandb_names
 from prefixtune.models import load_model
+from prefixtune.prefix import IGNORE_INDEX
+from prefixtune.runfolder import (
+    atomic_write,
+    claim_run_dir,
+    remove_stale_temp_files,
+    umask,
+    write_json,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_decoder_only_text_is_x_eos_y_eos_with_loss_on_y(gpt2):
     assert a.source[-1] == 50256 and a.target[-1] == 50256
     assert tok.decode(a.source + a.target) == "name : A<|endoftext|> A is nice.<|endoftext|>"
     row = batch["labels"][0]
-    assert (row[: len(a.source)] == IGNORE).all()
+    assert (row[: len(a.source)] == IGNORE_INDEX).all()
     assert row[len(a.source) : len(a.source) + len(a.target)].tolist() == a.target
     assert sorted(batch) == ["attention_mask", "input_ids", "labels"]
     gen = col.generation_batch(["name : A", "name : Bb | food : French"])
@@ -72,7 +75,7 @@ def test_generation_returns_one_output_per_input_in_order(gpt2):
                 model,
                 col,
                 sources,
-                batch_size=3,
+                max_rows=3,
                 num_beams=2,
                 max_new_tokens=4,
                 show_progress=False,
@@ -82,7 +85,7 @@ def test_generation_returns_one_output_per_input_in_order(gpt2):
     )
     single = [
         generate_outputs(
-            model, col, [s], batch_size=1, num_beams=2, max_new_tokens=4, show_progress=False
+            model, col, [s], max_rows=2, num_beams=2, max_new_tokens=4, show_progress=False
         )[0][1]
         for s in sources
     ]
@@ -92,7 +95,7 @@ def test_generation_returns_one_output_per_input_in_order(gpt2):
             model,
             col,
             sources,
-            batch_size=2,
+            max_rows=2,
             num_beams=2,
             max_new_tokens=4,
             rank=r,
@@ -147,7 +150,7 @@ def test_claim_is_exclusive_and_a_default_folder_moves_on(tmp_path):
 def test_the_lock_dies_with_its_process(tmp_path):
     out = tmp_path / "run"
     code = (
-        "import sys, time; from prefixtune.checkpoint import claim_run_dir; "
+        "import sys, time; from prefixtune.runfolder import claim_run_dir; "
         f"c = claim_run_dir({str(out)!r}, False, []); "
         "open(c.path / 'checkpoint.safetensors', 'w').close(); print('held', flush=True); "
         "time.sleep(60)"
@@ -196,7 +199,7 @@ def test_checkpoint_round_trips_without_pickle(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
     assert not (tmp_path / "checkpoint.safetensors").read_bytes().startswith(b"\x80")  # no pickle
     mode = (tmp_path / "checkpoint.safetensors").stat().st_mode & 0o777
-    assert mode == 0o666 & ~_umask()  # 0644 as config.yaml, not mkstemp's 0600
+    assert mode == 0o666 & ~umask()  # 0644 as config.yaml, not mkstemp's 0600
 
 
 @pytest.mark.parametrize(
@@ -269,7 +272,7 @@ def test_jsonl_logger_drops_records_after_the_resumed_step(tmp_path):
 
 def test_wandb_group_and_tags_name_the_ablation(tmp_path):
     cfg = compose_cfg([*TINY, "prefix.length=7", "prefix.mode=infix", "logger=wandb"])
-    group, tags, name = ablation(cfg)
+    group, tags, name = wandb_names(cfg)
     assert group == "e2e-tiny-gpt2-prefix"
     assert {"prefix.length:7", "prefix.mode:infix", "prefix.init:random"} <= set(tags)
     assert "L7" in name
@@ -286,3 +289,24 @@ def test_wandb_logger_run_writes_an_offline_run(tmp_path, monkeypatch):
     assert torch.isfinite(
         torch.tensor(json.loads((tmp_path / "run" / "metrics.json").read_text())["dev_loss"])
     )
+
+
+def test_best_parameters_live_on_disk_next_to_the_state(tmp_path):
+    from prefixtune.checkpoint import TrainState, best_params, load_state, save_state, write_best
+
+    params = {"w": torch.arange(4.0)}
+    state = TrainState(step=6, best_loss=1.5, best_step=4, trainable=params, config={"seed": 1})
+    save_state(tmp_path, state)
+    with pytest.raises(CheckpointError, match="best parameters, of step 4"):
+        best_params(tmp_path, load_state(tmp_path))  # no best.safetensors
+    write_best(tmp_path, {"w": torch.ones(4)}, step=2)
+    with pytest.raises(CheckpointError, match="holds the parameters of step 2"):
+        best_params(tmp_path, load_state(tmp_path))
+    write_best(tmp_path, {"w": torch.ones(4)}, step=4)
+    assert torch.equal(best_params(tmp_path, load_state(tmp_path))["w"], torch.ones(4))
+    # the best step is the current one, or none improved: the model's own parameters count
+    assert best_params(tmp_path, TrainState(step=4, best_loss=1.0, best_step=4)) is None
+    assert best_params(tmp_path, TrainState(step=4)) is None
+    loaded = load_state(tmp_path)
+    assert (loaded.step, loaded.best_step, loaded.best_loss) == (6, 4, 1.5)
+    assert torch.equal(loaded.trainable["w"], params["w"])

@@ -394,7 +394,9 @@ def test_infix_is_invisible_to_the_source(arch):
 
 
 def test_unsupported_combination_is_one_line():
-    with pytest.raises(PrefixError, match="only supported for decoder-only") as e:
+    with pytest.raises(
+        PrefixError, match="needs a decoder-only model; bart is encoder-decoder"
+    ) as e:
         PrefixModel(tiny_bart(), direct(2, mode="infix"))
     assert "\n" not in str(e.value)
     with pytest.raises(PrefixError, match="prefix.length must be >= 1"):

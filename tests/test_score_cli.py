@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCORING
 
 REPO = Path(__file__).resolve().parents[1]
-SCORING = (REPO / ".." / "shared" / "data" / "scoring").resolve()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -35,7 +35,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.skipif(not SCORING.is_dir(), reason="shared data not present")
 def test_e2e_end_to_end():
     proc = run_cli(
         "--task", "e2e",

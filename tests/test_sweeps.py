@@ -1,16 +1,16 @@
-"""The ablation sweeps (conf/sweep/) and launchers: every preset composes with the paper's values,
-and real tiny multiruns through the joblib and submitit-local launchers give one run folder (and
-one wandb run) per job, which the collector turns into a table."""
+"""The ablation sweeps (conf/sweep/) and launchers: every value of every preset composes (each
+sweep's first job runs in test_experiments.py), and real tiny multiruns through the joblib and
+submitit-local launchers give one run folder (and one wandb run) per job, which the collector
+turns into a table."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, run_cli
+from conftest import TINY, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -19,39 +19,6 @@ from prefixtune.collect import collect
 from prefixtune.config import validate
 
 SWEEPS = sorted(p.stem for p in Path(CONF_DIR, "sweep").glob("*.yaml"))
-# What each preset must sweep (the paper's settings, paper.md).
-EXPECTED = {
-    "prefix_length": {"experiment": "e2e_prefix", "prefix.length": "1,5,10,20,40"},
-    "prefix_length_xsum": {
-        "experiment": "xsum_prefix",
-        "prefix.length": "1,10,20,50,80,100,200,300",
-    },
-    "init": {
-        "experiment": "e2e_lowdata",
-        "prefix_init": "random,table-to-text,summarize,elephant,banana,divide,keep,active,"
-        "beautiful",
-        "train.low_data_seed": "0,1,2,3,4",
-        "seed": "1,2",
-    },
-    "position": {
-        "experiment": "e2e_prefix",
-        "prefix.mode": "prefix,embedding,infix",
-        "prefix.length": "1,10,20",
-    },
-    "method": {"experiment": "e2e_prefix,e2e_finetune,e2e_ft_top2"},
-    "low_data": {
-        "experiment": "e2e_lowdata",
-        "method": "prefix,finetune",
-        "train.low_data": "50,100,200,500",
-        "train.low_data_seed": "0,1,2,3,4",
-        "seed": "1,2",
-    },
-    "extrapolation": {
-        "experiment": "webnlg_prefix,webnlg_finetune",
-        "task.subset": "seen",
-        "task.eval_subset": "all",
-    },
-}
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
 
 
@@ -62,24 +29,15 @@ def compose_hydra(overrides: list[str]):
         )
 
 
-def test_every_sweep_has_expectations():
-    assert SWEEPS == sorted(EXPECTED)
-
-
 @pytest.mark.parametrize("name", SWEEPS)
-def test_sweep_preset_composes_with_the_papers_values(name):
+def test_sweep_preset_composes_every_value(name):
     cfg = compose_hydra([f"sweep={name}"])
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-    assert {k: str(v) for k, v in params.items()} == EXPECTED[name]
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert sweep["dir"].endswith(f"_{name}")  # each ablation's multirun folder says which it is
     assert sweep["subdir"] == "${hydra.job.num}"  # one folder per job
     assert cfg.logger.wandb.group == f"ablation-{name}"
     assert f"ablation:{name}" in cfg.logger.wandb.tags
-    header = Path(CONF_DIR, "sweep", f"{name}.yaml").read_text()
-    assert header.startswith("# @package _global_\n")
-    assert f"python train.py -m sweep={name}" in header and "paper" in header.lower()
-    assert f"sweep={name} debug=tiny" in header
 
     # Every value of every swept key composes, as one job with debug=tiny would see it.
     values = {k: str(v).split(",") for k, v in params.items()}
@@ -206,11 +164,3 @@ def test_submitit_local_multirun(tmp_path):
     cfg = OmegaConf.load(job / "config.yaml")
     assert (cfg.prefix.mode, cfg.prefix.length) == ("infix", 2)
     assert any((sweep_dir / ".submitit").iterdir())  # submitit's own job logs
-
-
-def test_readme_documents_the_sweeps():
-    readme = (REPO / "README.md").read_text()
-    for name in SWEEPS:
-        assert f"sweep={name}" in readme
-    assert "prefixtune-collect" in readme and "hydra/launcher=submitit_slurm" in readme
-    assert os.path.isfile(REPO / "scripts" / "ablations_cpu.sh")

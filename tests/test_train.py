@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, TINY, compose_cfg, run_cli
 
-from prefixtune.checkpoint import load_checkpoint
+from prefixtune.checkpoint import load_state
 from prefixtune.data import DataError
 from prefixtune.errors import UsageError
 from prefixtune.train import TrainingDiverged, train
@@ -84,7 +84,7 @@ def test_train_function_on_other_variants(overrides, tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     if "method=ft_top2" in overrides:  # only the top 2 decoder layers
         assert (tmp_path / "run" / "trained" / "trainable.safetensors").is_file()
-        state = load_checkpoint(tmp_path / "run")["trainable"]
+        state = load_state(tmp_path / "run").trainable
         assert state and all("decoder.layers." in n for n in state)
         assert run["parameters"]["trainable_pct"] < 100
 
@@ -118,8 +118,8 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
     proc.wait()
     (killed,) = list(runs.iterdir())
     assert not (killed / "metrics.json").exists()
-    killed_state = load_checkpoint(killed)
-    killed_at = killed_state["step"]
+    killed_state = load_state(killed)
+    killed_at = killed_state.step
     assert 1 <= killed_at < 6
 
     res = run_cli([*args, "resume=true"])
@@ -128,7 +128,7 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
     run = json.loads((killed / "run.json").read_text())
     assert run["resumed_from_step"] >= killed_at
     # the wall time counts the killed segment (up to its checkpoint) and the resumed one
-    assert run["wall_time_s"] >= killed_state["elapsed_s"] + run["wall_time_this_segment_s"] - 1
+    assert run["wall_time_s"] >= killed_state.elapsed_s + run["wall_time_this_segment_s"] - 1
     assert run["wall_time_s"] > run["wall_time_this_segment_s"]
     assert json.loads((killed / "metrics.json").read_text()) == json.loads(
         (ref / "metrics.json").read_text()
@@ -170,9 +170,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="loss became nan at step 2") as err:
         train(cfg, overrides)
     assert "\n" not in str(err.value)
-    state = load_checkpoint(out)
-    assert state["step"] == 1 and f"{out / 'checkpoint.safetensors'} at step 1" in str(err.value)
-    assert all(torch.isfinite(t).all() for t in state["trainable"].values())
+    state = load_state(out)
+    assert state.step == 1 and f"{out / 'checkpoint.safetensors'} at step 1" in str(err.value)
+    assert all(torch.isfinite(t).all() for t in state.trainable.values())
     assert not (out / "metrics.json").exists()
     read_jsonl(out / "losses.jsonl")  # strict JSON throughout
 
@@ -187,13 +187,13 @@ def test_a_checkpoint_is_good_only_when_everything_is_finite(tmp_path, eval_ever
         train(compose_cfg([*TINY, *overrides], out), overrides)
     message = str(err.value)
     assert "\n" not in message
-    state = load_checkpoint(out)
+    state = load_state(out)
     if state is None:
         assert "no checkpoint was written" in message
     else:
-        assert f"at step {state['step']}" in message
-        assert all(torch.isfinite(t).all() for t in state["trainable"].values())
-        assert state["best"]["loss"] < float("inf")
+        assert f"at step {state.step}" in message
+        assert all(torch.isfinite(t).all() for t in state.trainable.values())
+        assert state.best_loss < float("inf")
     text = (out / "losses.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text
     read_jsonl(out / "losses.jsonl")
@@ -215,3 +215,18 @@ def test_hub_model_offline_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="hub is unreachable") as err:
         train(cfg, [])
     assert time.time() - start < 10 and "\n" not in str(err.value)
+
+
+def test_resume_ignores_what_does_not_change_the_run(tmp_path):
+    """eval.batch_size (and the logger, the data root) may differ on resume: the same rule
+    finds the run and accepts its checkpoint (runfolder.NON_SEMANTIC_KEYS)."""
+    runs = tmp_path / "runs"
+    first = [*TINY, "eval.split=none", f"hydra.run.dir={runs}/a"]
+    train(compose_cfg(first, runs / "a"), first)
+    (runs / "a" / "metrics.json").unlink()  # as if it had died after its last checkpoint
+    again = [*TINY, "eval.split=none", "eval.batch_size=2", "resume=true"]
+    metrics = train(compose_cfg(again, runs / "b"), again)
+    assert metrics["output_dir"] == str(runs / "a")
+    info = json.loads((runs / "a" / "run.json").read_text())
+    assert info["resumed_from_step"] == 4 and not (runs / "b").exists()
+    assert not (runs / "a" / "best.safetensors").exists()  # the artefact holds them now

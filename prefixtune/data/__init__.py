@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..tasks import TASKS
 from . import checksums, dart, e2e, webnlg, xsum
 from .base import DataError, Example, default_data_root
-from .length import truncate_tokens
 from .lowdata import low_data_split
 
-TASKS = ("e2e", "webnlg", "dart", "xsum")
 SPLITS = ("train", "dev", "test")
 _MODULES = {"e2e": e2e, "webnlg": webnlg, "dart": dart, "xsum": xsum}
 #: Valid ``subset=`` values per task (only WebNLG has a seen/unseen split).
@@ -39,7 +38,6 @@ __all__ = [
     "load_split",
     "low_data_split",
     "training_pairs",
-    "truncate_tokens",
 ]
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 # probe_hub and offline_reason are looked up in this module's namespace at call time, so tests
 # can monkeypatch ``prefixtune.data.hub.probe_hub``.
+from prefixtune.errors import one_line
 from prefixtune.hubprobe import (
     OFFLINE_VARS,
     bounded_hub_timeouts,
@@ -69,11 +70,6 @@ def in_local_hf_cache(repo: str) -> bool:
     return any(p.is_dir() for p in names)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}"
-
-
 def unavailable_message(task: str, split: str, local: str, reason: str) -> str:
     return (
         f"cannot load {task} {split}: no local files ({local}) and the Hugging Face hub is "
@@ -106,8 +102,8 @@ def load_hub_rows(task: str, split: str, sources: Sequence[HubSource], local: st
                 return datasets.load_dataset(
                     src.repo, src.config, split=src.split, revision=src.revision
                 )
-        except Exception as exc:  # noqa: BLE001 - we report every attempt in one line
-            errors.append(f"{src.repo}[{src.config or 'default'}:{src.split}]: {_one_line(exc)}")
+        except Exception as exc:  # we report every attempt in one line
+            errors.append(f"{src.repo}[{src.config or 'default'}:{src.split}]: {one_line(exc)}")
     raise DataError(
         unavailable_message(task, split, local, "every hub source failed: " + "; ".join(errors))
     )

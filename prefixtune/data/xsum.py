@@ -10,8 +10,8 @@ left as they are: some sentence joins lost in documents, summaries lower-cased, 
 escaped quotes (``\\'\\'``). The full test set (11,334) and train/dev (204,045 / 11,332) come
 from the hub (``EdinburghNLP/xsum``, dev = its ``validation`` split).
 
-Example: ``source`` = the article (NOT truncated: the caller applies
-:func:`prefixtune.data.truncate_tokens` with its tokenizer and :data:`MAX_SOURCE_TOKENS`),
+Example: ``source`` = the whole article (the collator cuts its tokens to
+``task.max_source_tokens``: 512 for XSum, as in the paper; the released code used 1024),
 ``references`` = ``(summary,)``, ``meta`` = ``{"id": str}``.
 """
 
@@ -26,8 +26,6 @@ from .hub import HubSource, load_hub_rows
 
 FOLDER = "xsum"
 TEST_FILE = "frank_xsum_test.jsonl"
-#: Paper: XSum articles truncated to 512 BPE tokens (the released code used 1024).
-MAX_SOURCE_TOKENS = 512
 # Script-based repos cannot run on datasets>=4; their parquet conversion branch is tried next.
 HUB = {
     split: [

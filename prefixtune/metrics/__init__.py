@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefixtune.metrics.errors import ScoreError
+from prefixtune.tasks import TASKS
 
-TASKS = ("e2e", "webnlg", "dart", "xsum")
-
-__all__ = ["TASKS", "ScoreError", "score"]
+__all__ = ["TASKS", "ScoreError", "score", "score_examples"]
 
 
 def _check(task: str, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -80,3 +79,11 @@ def score(
     from prefixtune.metrics.xsum import score_xsum
 
     return score_xsum(clean_hyps, clean_refs)
+
+
+def score_examples(task: str, hyps: Sequence[str], examples: Sequence) -> dict[str, Any]:
+    """``score`` for a split's examples (prefixtune.data.Example): their references, and
+    WebNLG's seen/unseen categories."""
+    refs = [list(e.references) for e in examples]
+    seen = [bool(e.meta.get("seen")) for e in examples] if task == "webnlg" else None
+    return score(task, list(hyps), refs, seen=seen)

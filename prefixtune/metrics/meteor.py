@@ -8,8 +8,8 @@ computed from the summed statistics, exactly what file mode prints as "Final sco
 statistics come back per segment, one jar run also scores any subsets (WebNLG seen / unseen).
 
 Options by official scorer: E2E (pycocoevalcap) ``-l en -norm``; WebNLG 2017 ``-l en -norm -r 3``;
-DART ``-l en -r 8``.  ``-r`` only tells file mode how many reference lines belong to a segment, so
-in ``-stdio`` mode the references are simply listed on the segment's line.
+DART ``-l en -norm -r 8`` (see dart.py).  ``-r`` only tells file mode how many reference lines
+belong to a segment, so in ``-stdio`` mode the references are simply listed on the segment's line.
 """
 
 from __future__ import annotations

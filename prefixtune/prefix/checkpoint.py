@@ -9,6 +9,9 @@ A prefix also records its base model: `base_model` ({"name", "id", "revision", "
 machine's absolute path) and `base_fingerprint`, a hash of a fixed sample of the base weights.
 Loading a prefix into a base whose fingerprint differs is refused unless the caller passes
 allow_other_base=True. The layout is documented in docs/prefix_engine.md.
+
+This module reads a PrefixCore (core.py) and never the reverse: PrefixModel (model.py) calls it,
+passing its memoised base fingerprint.
 """
 
 from __future__ import annotations
@@ -18,20 +21,17 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..checkpoint import atomic_write, write_text
 from .config import PrefixConfig, PrefixError, PrefixMode
-
-if TYPE_CHECKING:
-    from .model import PrefixModel
+from .core import EMBEDDING, PrefixCore
+from .files import atomic_write, write_text
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _describe(base_model: dict) -> str:
 
 
 # ---------------------------------------------------------------------- saving
-def _signature(model: PrefixModel) -> dict:
+def _signature(model: PrefixCore) -> dict:
     return {
         "model_type": model.base.config.model_type,
         "hidden_size": model.hidden_size,
@@ -172,9 +172,16 @@ def _signature(model: PrefixModel) -> dict:
     }
 
 
-def save_prefix(model: PrefixModel, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write P (not P' or the MLP). float32 by default so a round trip is exact; pass
-    dtype=torch.bfloat16 to halve the size."""
+def save_prefix(
+    model: PrefixCore,
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+    *,
+    fingerprint: str | None,
+) -> Path:
+    """Write P (not P' or the MLP) and the JSON that describes it, `fingerprint` being the base's
+    (base_fingerprint). float32 by default so a round trip is exact; pass dtype=torch.bfloat16
+    to halve the size."""
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise PrefixError(f"a prefix is saved as {sorted(FLOAT_DTYPES.values())}, not {dtype}")
     folder = Path(folder)
@@ -188,7 +195,7 @@ def save_prefix(model: PrefixModel, folder: str | Path, dtype: torch.dtype | Non
         "format": FORMAT,
         "prefix_config": model.config.to_dict(),
         "base_model": base_origin(model.base),
-        "base_fingerprint": model.base_fingerprint,
+        "base_fingerprint": fingerprint,
         **_signature(model),
     }
     weights = save(tensors, metadata={"format": FORMAT})
@@ -398,12 +405,17 @@ def read_config(folder: str | Path) -> dict:
 
 # ---------------------------------------------------------------------- loading
 def check_base(
-    folder: Path, saved: SavedPrefix, model: PrefixModel, allow_other_base: bool = False
+    folder: Path,
+    saved: SavedPrefix,
+    base: nn.Module,
+    fingerprint: Callable[[], str | None],
+    allow_other_base: bool = False,
 ) -> None:
-    """Refuse a prefix trained on other base weights (unless allow_other_base, then warn)."""
+    """Refuse a prefix trained on other base weights (unless allow_other_base, then warn).
+    `fingerprint()` gives the base's fingerprint; it is called only when there is one to check."""
     if saved.base_fingerprint is None:  # saved before fingerprints existed
         return
-    ours = model.base_fingerprint
+    ours = fingerprint()
     if ours is None:
         log.warning("cannot fingerprint this base model; loading %s without checking it", folder)
         return
@@ -417,7 +429,7 @@ def check_base(
         return
     if saved.base_fingerprint == ours:
         return
-    theirs, mine = _describe(saved.base_model), _describe(base_origin(model.base))
+    theirs, mine = _describe(saved.base_model), _describe(base_origin(base))
     what = (
         f"another copy of {theirs} with different weights"
         if theirs == mine
@@ -433,9 +445,14 @@ def check_base(
 
 
 def load_prefix(
-    folder: str | Path, model: PrefixModel, *, allow_other_base: bool = False
+    folder: str | Path,
+    model: PrefixCore,
+    *,
+    fingerprint: Callable[[], str | None],
+    allow_other_base: bool = False,
 ) -> tuple[PrefixConfig, dict]:
-    """Read a prefix and check that it fits `model`; every failure is a one-line PrefixError."""
+    """Read a prefix and check that it fits `model` (whose base fingerprint `fingerprint()`
+    gives, see check_base); every failure is a one-line PrefixError."""
     saved = read_meta(folder)
     folder = Path(folder)
     config = saved.config
@@ -452,11 +469,11 @@ def load_prefix(
             f"this model is {expected['model_type']} with {expected['streams']}, "
             f"hidden {expected['hidden_size']}"
         )
-    if model.is_encoder_decoder and config.mode != PrefixMode.prefix.value:
-        raise PrefixError(
-            f"prefix in {folder} has mode={config.mode}, which encoder-decoder models do not take"
-        )
-    check_base(folder, saved, model, allow_other_base)
+    try:
+        config.check_model(model.is_encoder_decoder, saved.model_type)
+    except PrefixError as e:
+        raise PrefixError(f"prefix in {folder}: {e}") from None
+    check_base(folder, saved, model.base, fingerprint, allow_other_base)
     path = folder / WEIGHTS
     if not path.is_file():
         raise PrefixError(f"{folder} is not a prefix checkpoint: {WEIGHTS} is missing")
@@ -465,9 +482,9 @@ def load_prefix(
     except Exception as e:  # whatever the parser raises on a bad file: one line
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise PrefixError(f"{path} is corrupted: {reason}") from None
-    width = {"embedding": model.hidden_size}
+    width = {EMBEDDING: model.hidden_size}
     width.update({kind: model.width(kind) for kind in model.shapes})
-    wanted = ["embedding"] if config.mode == PrefixMode.embedding.value else list(model.kinds)
+    wanted = [EMBEDDING] if config.mode == PrefixMode.embedding else list(model.kinds)
     if sorted(tensors) != sorted(wanted):
         raise PrefixError(f"{path} holds {sorted(tensors)}, expected {wanted}")
     for key, t in tensors.items():

@@ -1,4 +1,11 @@
-"""The prefix's hyperparameters, in the paper's words (Li & Liang, 2021, sections 4-7)."""
+"""The prefix's hyperparameters, in the paper's words (Li & Liang, 2021, sections 4-7).
+
+PrefixConfig is also an OmegaConf / Hydra structured config: `mode` and `init` are typed with
+their Enums, so `OmegaConf.structured(PrefixConfig)` refuses `mode=bogus` listing the choices,
+and `PrefixConfig(**OmegaConf.to_container(node))` gives a validated config. The Enums are
+str Enums that print as their value, so `config.mode == "prefix"` holds, messages read
+`prefix.mode=infix`, and `to_dict()` (the saved JSON) holds plain strings.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from ..errors import UsageError
 
-
-class PrefixError(UsageError, ValueError):
+class PrefixError(ValueError):
     """A problem with a prefix or its checkpoint; the message is one line, fit for a CLI."""
 
 
-class PrefixMode(str, Enum):
+class _Choice(str, Enum):
+    """A str Enum whose str() and format() are its value ("infix", not "PrefixMode.infix")."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
+
+class PrefixMode(_Choice):
     """Where the trainable activations sit."""
 
     prefix = "prefix"  # [P; x; y]: every real token attends to P, at every layer
@@ -24,7 +39,7 @@ class PrefixMode(str, Enum):
     embedding = "embedding"  # trainable input vectors only, as in prompt tuning
 
 
-class PrefixInit(str, Enum):
+class PrefixInit(_Choice):
     random = "random"
     text = "text"  # the frozen LM's own activations on `init_text`
 
@@ -35,7 +50,7 @@ class PrefixConfig:
 
     length: int = 10
     """L, the number of prefix positions."""
-    mode: str = "prefix"
+    mode: PrefixMode = PrefixMode.prefix
     """prefix | infix | embedding."""
     reparam: bool = True
     """Train P' through an MLP (k -> h, tanh, h -> P) instead of P directly; the paper found
@@ -46,7 +61,7 @@ class PrefixConfig:
     """h, the MLP's hidden width (512 for table-to-text, 800 for summarisation)."""
     dropout: float = 0.0
     """Dropout on P during training (the paper's code used 0.0 for GPT-2)."""
-    init: str = "random"
+    init: PrefixInit = PrefixInit.random
     """random | text."""
     init_text: str = "table-to-text:"
     """The text whose activations initialise P when init=text. Its token count T rarely equals L:
@@ -54,28 +69,39 @@ class PrefixConfig:
     tokens are kept. Either way P holds the LM's real activations on a real L-token sequence."""
 
     def __post_init__(self) -> None:
-        # Hydra hands over Enums; keep plain strings so the JSON stays plain.
-        self.mode = getattr(self.mode, "value", self.mode)
-        self.init = getattr(self.init, "value", self.init)
         self.validate()
 
     def validate(self) -> None:
+        """Check every field (one-line PrefixError naming it) and normalise it: numbers to
+        plain int / float, `mode` and `init` (a string or any Enum with that value) to their
+        Enum members."""
         self._check_types()
         if self.length < 1:
             raise PrefixError(f"prefix.length must be >= 1, got {self.length}")
-        _choice("prefix.mode", self.mode, PrefixMode)
-        _choice("prefix.init", self.init, PrefixInit)
+        self.mode = _choice("prefix.mode", self.mode, PrefixMode)
+        self.init = _choice("prefix.init", self.init, PrefixInit)
         if self.reparam and (self.reparam_dim < 1 or self.reparam_hidden < 1):
             raise PrefixError("prefix.reparam_dim and prefix.reparam_hidden must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise PrefixError(f"prefix.dropout must be in [0, 1), got {self.dropout}")
-        if self.init == PrefixInit.text.value and not str(self.init_text).strip():
+        if self.init == PrefixInit.text and not str(self.init_text).strip():
             raise PrefixError("prefix.init=text needs a non-empty prefix.init_text")
+
+    def check_model(self, is_encoder_decoder: bool, model: str) -> None:
+        """Refuse a mode the model cannot take: encoder-decoder models take mode=prefix only.
+
+        `model` names the model in the message (e.g. its model_type, or "model=bart-base")."""
+        if is_encoder_decoder and _value(self.mode) != PrefixMode.prefix.value:
+            raise PrefixError(
+                f"prefix.mode={_value(self.mode)} needs a decoder-only model; {model} is "
+                "encoder-decoder (use prefix.mode=prefix)"
+            )
 
     def _check_types(self) -> None:
         """Each field must hold its annotated type: an int field an integer (not a bool, not a
-        string), a float field a number, a bool field a bool, a str field a string. Integers and
-        numbers are normalised to plain int / float so that the JSON stays plain."""
+        string), a float field a number, a bool field a bool, a str or Enum field a string (or
+        an Enum). Integers and numbers are normalised to plain int / float so that the JSON
+        stays plain."""
         for name, kind in _field_types().items():
             value = getattr(self, name)
             if kind is bool:
@@ -84,18 +110,21 @@ class PrefixConfig:
                 ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
             elif kind is float:
                 ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            elif issubclass(kind, Enum):
+                ok = isinstance(value, (str, Enum))
             else:
                 ok = isinstance(value, kind)
             if not ok:
                 raise PrefixError(
-                    f"prefix.{name} must be {_TYPE_WORDS[kind]}, got {_show(value)} "
+                    f"prefix.{name} must be {_type_words(kind)}, got {_show(value)} "
                     f"({type(value).__name__})"
                 )
             if kind in (int, float):
                 setattr(self, name, kind(value))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as plain JSON values (mode and init as strings)."""
+        return {f.name: _value(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PrefixConfig:
@@ -116,6 +145,10 @@ class PrefixConfig:
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+def _type_words(kind: type) -> str:
+    return "a string" if issubclass(kind, Enum) else _TYPE_WORDS[kind]
+
+
 def _field_types() -> dict[str, type]:
     global _FIELD_TYPES
     if _FIELD_TYPES is None:
@@ -133,8 +166,18 @@ def _show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _choice(name: str, value: object, enum: type[Enum]) -> None:
+def _value(value: object) -> object:
+    """An Enum's value (any Enum: Hydra may hand over its own), anything else as it is."""
+    return value.value if isinstance(value, Enum) else value
+
+
+_E = typing.TypeVar("_E", bound=Enum)
+
+
+def _choice(name: str, value: object, enum: type[_E]) -> _E:
+    """`value` (a string or any Enum with one of `enum`'s values) as a member of `enum`."""
     valid = [e.value for e in enum]
-    value = value.value if isinstance(value, Enum) else value
+    value = _value(value)
     if value not in valid:
         raise PrefixError(f"{name}={value!r} is not one of {valid}")
+    return enum(value)

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from safetensors.torch import save_file
 
-from .config import PrefixError
-
-if TYPE_CHECKING:
-    from .model import PrefixModel
+from .config import PrefixError, PrefixMode
+from .core import PrefixCore
 
 
-def export_peft(model: PrefixModel, folder: str | Path) -> Path:
-    if model.is_encoder_decoder or model.config.mode != "prefix":
+def export_peft(model: PrefixCore, folder: str | Path) -> Path:
+    """Write `model`'s own prefix to `folder` as adapter_model.safetensors + adapter_config.json."""
+    if model.is_encoder_decoder or model.config.mode != PrefixMode.prefix:
         raise PrefixError(
             "PEFT export covers decoder-only models with prefix.mode=prefix (PEFT has no "
             "encoder prefix, infix or embedding-only prefix tuning)"

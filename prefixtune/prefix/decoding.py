@@ -1,0 +1,546 @@
+"""Continuous-batching beam search over prefixed keys/values, token-identical to transformers'.
+
+Why: evaluation (beam 5) dominates every experiment, and PrefixModel.generate (transformers' beam
+search) runs small batches (10 inputs x 5 beams: CPU GEMMs at a tenth of their speed at
+hundreds of rows) and keeps finished inputs in the batch until its longest one is done.
+
+The pool. Inputs wait in a queue sorted by cached length (prefix + prompt), longest first, and
+run in a pool of at most `max_rows // num_beams` inputs, `num_beams` consecutive rows each. An
+input leaves the pool the step its search is done; queued inputs join as soon as an eighth of
+the pool is free (a join is a prefill forward, cheaper per row in groups), in length-sorted
+groups of at most 2 x max_rows padded tokens per forward (GEMMs the size the
+decoding steps have). Every step runs one forward of the
+base model over all rows, the new inputs' prefill, and one search step (decoding_beams.py) for
+all inputs, each at its own step.
+
+The cache (decoding_cache.py) holds every row's keys/values as [its prefix; its prompt; its
+generated tokens] from column 0, with no padding inside a row; a decoding step passes the model
+an explicit 4D mask (column < the row's length), explicit position ids, and asks for the last
+position's logits only. The prefix is just the first L columns of a row: P (or, for an
+embedding-only prefix, the frozen LM's keys/values of it) as if it were past tokens, so rows
+with prefixes of any length and mode mix freely, and during decoding the base model runs as it
+is, with no prefix active. Positions are PrefixModel's: a decoder-only row's real tokens take
+positions L, L+1, ... (an infix shifts only the prompt's last token and what follows, and that
+is exactly the row's cached length); a BART decoder's are 0, 1, ... per row, fed through a hook
+on its position embedding (BART's decoder takes no position ids and would use one for all).
+Beam reordering copies only the cells that differ: a beam taking over another beam's history
+gets that beam's generated columns (its prefix and prompt columns are the same); an input taking
+over a finished input's rows gets all its columns.
+
+Prompts are prefilled the way PrefixModel.forward/generate run them: the prefix active in
+attention (state.active, concatenated there), left padding for decoder-only (right padding
+for the encoder), positions from PrefixModel._positions, an infix seen from the prompt's last
+token on. BART: the encoder runs once per input with its encoder prefix, then the decoder start
+token with the decoder and cross prefixes; the cross-attention keys/values (cross prefix in
+front) are kept per row and read through transformers' EncoderDecoderCache (`is_updated`). Each
+prefix's keys/values are computed once per call (PrefixModel._entry).
+
+Same as transformers: the search math, step for step (decoding_beams.py), in float32, and every
+row's attention over the same columns with the same values. What differs is only which masked
+columns pad a row and how many rows share a GEMM, which can move logits in their last bits and
+so, rarely, flip a near-tie between two beams. Verified in tests/test_decoding.py against
+PrefixModel.generate token for token on tiny GPT-2, Llama (grouped-query attention) and BART
+with mixed prefixes, infix and embedding-only prefixes, and on the real SmolLM2-135M with E2E
+inputs; scripts/bench_eval.py compares whole evaluation runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.modeling_outputs import BaseModelOutput
+
+from .architecture import CROSS, DECODER, SELF
+from .attention import ActiveBatch
+from .config import PrefixError, PrefixMode
+from .decoding_beams import Beams, Search
+from .decoding_cache import RowCache
+from .model import DEFAULT, PrefixModel
+
+# Rows in flight on a CPU. Decoding GEMMs run 7x faster at 500 rows than at 50 (2 cores), and
+# the cache of 500 SmolLM2 rows of ~120 columns is ~2.8 GB: see docs/results/bench_eval/.
+DEFAULT_MAX_ROWS = 500
+JOIN_FRACTION = 8  # queued inputs join once this fraction of the pool is free
+
+# Generation-config settings that add logits processors beam_search does not apply, with the
+# values that add none.
+_NEUTRAL = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "min_length": (None, 0),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "remove_invalid_values": (None, False),
+    "renormalize_logits": (None, False),
+    "max_time": (None,),
+    "stop_strings": (None,),
+}
+
+
+@torch.no_grad()
+def beam_search(
+    model: PrefixModel,
+    inputs: Sequence[Sequence[int]],
+    *,
+    prefix: str | Sequence[str | None] | None = None,
+    num_beams: int = 5,
+    max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = True,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    decoder_start_token_id: int | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """Beam search (greedy for num_beams=1) for every input, with continuous batching.
+
+    The same outputs as ``model.generate(..., num_beams=num_beams, do_sample=False, ...)`` with
+    the same settings, token for token (see the module docstring for the one caveat).
+
+    inputs: tokenised prompts (decoder-only) or encoder inputs (encoder-decoder), unpadded.
+    prefix: one prefix name for all inputs or one per input; None is the model's own prefix.
+    max_rows: beam rows in flight at once (memory: their KV cache; speed: bigger GEMMs).
+    progress: called with each input's index as soon as its search is done.
+
+    Returns each input's new tokens, in input order: for decoder-only what follows the prompt,
+    for encoder-decoder what follows the decoder start token. A hypothesis that ended with eos
+    includes the eos token (prefixtune.generate.decode_until_eos cuts there); one that reached
+    max_new_tokens has max_new_tokens tokens. Padding is never included. The model runs in the
+    mode it is in (eval() for deterministic outputs).
+    """
+    search, pad, start = _settings(
+        model,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        decoder_start_token_id=decoder_start_token_id,
+    )
+    if max_rows < num_beams:
+        raise PrefixError(f"max_rows={max_rows} holds no input of num_beams={num_beams} rows")
+    if any(len(ids) == 0 for ids in inputs):
+        raise PrefixError("beam_search got an empty input")
+    if prefix is None or isinstance(prefix, str):
+        names = [prefix or DEFAULT] * len(inputs)
+    else:
+        names = [name or DEFAULT for name in prefix]
+        if len(names) != len(inputs):
+            raise PrefixError(f"got {len(names)} prefix names for {len(inputs)} inputs")
+    if not inputs:
+        return []
+    rows = [[int(t) for t in ids] for ids in inputs]
+    pool = _Pool(model, search, rows, names, max_rows, pad, start)
+    return pool.run(progress)
+
+
+def _settings(
+    model: PrefixModel,
+    *,
+    num_beams,
+    max_new_tokens,
+    min_new_tokens,
+    length_penalty,
+    early_stopping,
+    eos_token_id,
+    pad_token_id,
+    decoder_start_token_id,
+) -> tuple[Search, int, int | None]:
+    """The search settings, completed from the base's generation config as generate() would."""
+    config = model.base.generation_config
+    if num_beams < 1 or max_new_tokens < 1 or min_new_tokens < 0:
+        raise PrefixError("beam_search needs num_beams >= 1, max_new_tokens >= 1, min >= 0")
+    if early_stopping not in (True, False, "never"):
+        raise PrefixError(f"early_stopping must be True, False or 'never', not {early_stopping!r}")
+    types, _ = get_layer_types_and_kwargs(model.base.config.get_text_config(decoder=True))
+    if any(t != "full_attention" for t in types):
+        raise PrefixError("beam_search supports full-attention layers only; use generate()")
+    if model.is_encoder_decoder and not hasattr(model.base.get_decoder(), "embed_positions"):
+        raise PrefixError(f"beam_search does not support {model.base.config.model_type}")
+    refused = [
+        name for name, neutral in _NEUTRAL.items() if getattr(config, name, None) not in neutral
+    ]
+    forced_bos = getattr(config, "forced_bos_token_id", None)
+    if forced_bos is not None and not model.is_encoder_decoder:
+        refused.append("forced_bos_token_id")
+    if refused:
+        raise PrefixError(
+            f"beam_search does not apply the generation config's {', '.join(refused)}; "
+            "use PrefixModel.generate"
+        )
+    eos = config.eos_token_id if eos_token_id is None else eos_token_id
+    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    forced_eos = getattr(config, "forced_eos_token_id", None)
+    forced_eos = (
+        () if forced_eos is None else (forced_eos,) if isinstance(forced_eos, int) else forced_eos
+    )
+    search = Search(
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        length_penalty=float(length_penalty),
+        early_stopping=early_stopping if num_beams > 1 else True,
+        eos=eos,
+        forced_bos=(forced_bos,) if forced_bos is not None else (),
+        forced_eos=tuple(forced_eos),
+    )
+    pad = config.pad_token_id if pad_token_id is None else pad_token_id
+    pad = pad if pad is not None else (eos[0] if eos else 0)
+    start = None
+    if model.is_encoder_decoder:
+        start = decoder_start_token_id
+        for source in (config, model.base.config):
+            if start is None:
+                start = getattr(source, "decoder_start_token_id", None)
+        if start is None:
+            raise PrefixError("an encoder-decoder model needs decoder_start_token_id")
+    return search, pad, start
+
+
+class _Prefixes:
+    """The keys/values of every prefix a call uses, computed once (PrefixModel._entry)."""
+
+    def __init__(self, model: PrefixModel, names: list[str]) -> None:
+        self.kinds = model.kinds
+        self.kv, self.length, self.infix = {}, {}, {}
+        for name in dict.fromkeys(names):
+            config, kv = model._entry(name)
+            self.kv[name], self.length[name] = kv, config.length
+            self.infix[name] = config.mode == PrefixMode.infix
+
+    def active(self, names: list[str], device: torch.device) -> ActiveBatch:
+        """The prefixes of a group of rows as PrefixModel._batch lays them out: one shared row,
+        or one row each padded to the group's longest (key_mask hides the padding)."""
+        if len(set(names)) == 1:
+            return ActiveBatch(kv=dict(self.kv[names[0]]))
+        lengths = [self.length[name] for name in names]
+        longest = max(lengths)
+        kv = {
+            kind: torch.cat(
+                [F.pad(self.kv[n][kind], (0, 0, 0, longest - self.length[n])) for n in names],
+                dim=2,
+            )
+            for kind in self.kinds
+        }
+        key_mask = None
+        if len(set(lengths)) > 1:
+            key_mask = (
+                torch.arange(longest, device=device) < torch.tensor(lengths, device=device)[:, None]
+            )
+        return ActiveBatch(kv=kv, key_mask=key_mask)
+
+
+def _row_cells(
+    prefix: torch.Tensor, tokens: torch.Tensor, lengths: list[int], spans: list[tuple[int, int]]
+) -> torch.Tensor:
+    """One layer's cells of new rows, [prefix; tokens] from column 0 without padding.
+
+    prefix: (2, 1 or rows, kv_heads, Lg, head_dim), row i's first lengths[i] columns real;
+    tokens: (rows, 2, kv_heads, W, head_dim), row i's real columns span[i] = (first, count).
+    Returns (rows, width, 2, kv_heads, head_dim), width the longest row; columns past a row's
+    end repeat its column 0 (finite values: attention masks them, but reads them)."""
+    rows, longest = tokens.shape[0], prefix.shape[3]
+    prefix = prefix.expand(2, rows, *prefix.shape[2:]).permute(1, 3, 0, 2, 4)
+    both = torch.cat([prefix.to(tokens.dtype), tokens.permute(0, 3, 1, 2, 4)], dim=1)
+    n = torch.tensor(lengths)[:, None]
+    first, count = (torch.tensor(x)[:, None] for x in zip(*spans, strict=True))
+    column = torch.arange(int((n + count).max()))[None, :]
+    real = torch.where(column < n + count, longest + first + column - n, 0)
+    index = torch.where(column < n, column, real).to(both.device)
+    return both[torch.arange(rows, device=both.device)[:, None], index]
+
+
+class _Pool:
+    """The inputs being decoded, their rows' caches and search state (see the module doc)."""
+
+    def __init__(
+        self,
+        model: PrefixModel,
+        search: Search,
+        inputs: list[list[int]],
+        names: list[str],
+        max_rows: int,
+        pad: int,
+        start: int | None,
+    ) -> None:
+        self.model, self.base = model, model.base
+        self.inputs, self.names, self.pad, self.start = inputs, names, pad, start
+        self.device = model.device
+        self.beams_per_input = search.num_beams
+        self.encoder_decoder = model.is_encoder_decoder
+        self.prefixes = _Prefixes(model, names)
+        self.beams = Beams(search, self.device)
+        self.capacity = min(max_rows // search.num_beams, len(inputs))  # inputs in the pool
+        self.prefill_tokens = 2 * max_rows  # padded prompt tokens per prefill forward
+        own = DECODER if self.encoder_decoder else SELF
+        self.cache = RowCache(model.shapes[own][0])
+        self.cross = RowCache(model.shapes[CROSS][0]) if self.encoder_decoder else None
+        if self.encoder_decoder:
+            self.both = EncoderDecoderCache(self.cache, self.cross)
+            self.both.is_updated = {i: True for i in range(len(self.cross.layers))}
+            hidden = self.base.get_input_embeddings().embedding_dim
+            self.no_encoder = self.base.get_input_embeddings().weight.new_zeros(1, 1, hidden)
+        self.queue = deque(sorted(range(len(inputs)), key=lambda i: -self._cached_length(i)))
+        # the widest row of the call (its last generated token is never fed back), and the
+        # widest cross-attention row: the buffers' widths
+        longest = self._cached_length(self.queue[0])  # prefix + prompt, or + encoder input
+        shared = longest
+        if self.encoder_decoder:  # the decoder's: its prefix + the start token
+            shared = max(self.prefixes.length[name] for name in names) + 1
+        self.widest, self.widest_cross = shared + search.max_new_tokens, longest
+        self.results: list[list[int] | None] = [None] * len(inputs)
+        # per slot (input in the pool), in pool order: the input, its shared columns (prefix +
+        # prompt, or decoder prefix + start token), the generated tokens already in the cache,
+        # and (encoder-decoder) its cross-attention columns
+        self.slots: list[int] = []
+        self.shared: list[int] = []
+        self.fed: list[int] = []
+        self.crossed: list[int] = []
+
+    def _cached_length(self, i: int) -> int:
+        return self.prefixes.length[self.names[i]] + len(self.inputs[i])
+
+    def run(self, progress: Callable[[int], None] | None) -> list[list[int]]:
+        beams = self.beams_per_input
+        while self.queue or self.slots:
+            logits = []
+            if self.slots:
+                logits.append(self._decode())
+            if self._room():
+                new = self._join()
+                logits.append(new[:, None].expand(-1, beams, -1))
+            source, done = self.beams.advance(torch.cat(logits) if len(logits) > 1 else logits[0])
+            self._settle(source, done, progress)
+        return self.results
+
+    # ------------------------------------------------------------------ joining
+    def _room(self) -> bool:
+        free = self.capacity - len(self.slots)
+        if not self.queue or free == 0:
+            return False
+        return not self.slots or free >= max(1, self.capacity // JOIN_FRACTION)
+
+    def _join(self) -> torch.Tensor:
+        """Prefill queued inputs into the free slots; returns their first logits (inputs, V)."""
+        free = self.capacity - len(self.slots)
+        group = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
+        logits = []
+        while group:
+            width = len(self.inputs[group[0]])  # the longest (the queue is sorted)
+            size = max(1, min(len(group), self.prefill_tokens // width))
+            chunk, group = group[:size], group[size:]
+            logits.append(self._prefill(chunk))
+        self.beams.join(sum(len(x) for x in logits))
+        return torch.cat(logits)
+
+    def _prefill(self, chunk: list[int]) -> torch.Tensor:
+        model, device = self.model, self.device
+        seqs = [self.inputs[i] for i in chunk]
+        names = [self.names[i] for i in chunk]
+        lengths = [self.prefixes.length[name] for name in names]
+        rows, width = len(chunk), max(map(len, seqs))
+        ids = torch.full((rows, width), self.pad, dtype=torch.long)
+        mask = torch.zeros(rows, width, dtype=torch.long)
+        left = not self.encoder_decoder  # as Collator.generation_batch pads
+        for row, seq in enumerate(seqs):
+            at = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, at], mask[row, at] = torch.tensor(seq), 1
+        ids, mask = ids.to(device), mask.to(device)
+        active = self.prefixes.active(names, device)
+        if self.encoder_decoder:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            start = torch.full((rows, 1), self.start, dtype=torch.long, device=device)
+            with model._active(active):
+                out = self.base(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    decoder_input_ids=start,
+                    cache=cache,
+                    use_cache=True,
+                )
+            own, cross = cache.self_attention_cache, cache.cross_attention_cache
+            self._write(self.cache, own, active.kv[DECODER], lengths, [(0, 1)] * rows)
+            spans = [(0, len(seq)) for seq in seqs]
+            self._write(self.cross, cross, active.kv[CROSS], lengths, spans)
+            self.shared += [n + 1 for n in lengths]
+            self.crossed += [n + len(seq) for n, seq in zip(lengths, seqs, strict=True)]
+        else:
+            infix = [self.prefixes.infix[name] for name in names]
+            last = torch.full((rows,), width - 1, device=device)
+            active.infix_start = model._infix_start(infix, rows, last)
+            shift = torch.tensor(lengths, device=device)
+            positions = model._positions(mask, shift, active.infix_start)
+            cache = DynamicCache()
+            with model._active(active):
+                out = self.base(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            spans = [(width - len(seq), len(seq)) for seq in seqs]
+            self._write(self.cache, cache, active.kv[SELF], lengths, spans)
+            self.shared += [n + len(seq) for n, seq in zip(lengths, seqs, strict=True)]
+        self.slots += chunk
+        self.fed += [0] * rows
+        return out.logits[:, -1].float()
+
+    def _write(self, rows: RowCache, filled, prefix: torch.Tensor, lengths, spans) -> None:
+        """Copy new inputs' prefix and prompt keys/values (from the prefill's cache `filled`)
+        into their rows, after the rows already in the pool, one layer at a time (the first
+        write allocates the rows for the whole call, as wide as its widest row)."""
+        first = len(self.slots) * self.beams_per_input
+        for i, (kv, layer) in enumerate(zip(prefix, filled.layers, strict=True)):
+            cells = _row_cells(kv, torch.stack((layer.keys, layer.values), dim=1), lengths, spans)
+            if not rows.allocated:
+                columns = self.widest_cross if rows is self.cross else self.widest
+                rows.allocate(self.capacity * self.beams_per_input, columns, cells)
+            rows.write(i, first, self.beams_per_input, cells)
+
+    # ------------------------------------------------------------------ decoding
+    def _decode(self) -> torch.Tensor:
+        """One forward of every row in the pool on its newest token; (slots, beams, V)."""
+        beams, device = self.beams_per_input, self.device
+        rows = len(self.slots) * beams
+        length = [n + fed for n, fed in zip(self.shared, self.fed, strict=True)]
+        width = max(length) + 1
+        columns = torch.tensor(length, device=device).repeat_interleave(beams)
+        self.cache.prepare(rows, width, columns)
+        mask = _visible(columns + 1, width)
+        tokens = self.beams.last_tokens()[:, None]
+        if self.encoder_decoder:
+            crossed = torch.tensor(self.crossed, device=device).repeat_interleave(beams)
+            self.cross.prepare(rows, max(self.crossed))
+            positions = torch.tensor(self.fed, device=device).repeat_interleave(beams) + 1
+            encoder = BaseModelOutput(last_hidden_state=self.no_encoder.expand(rows, 1, -1))
+            with self._decoder_positions(positions):
+                out = self.base(
+                    attention_mask=_visible(crossed, max(self.crossed)),
+                    decoder_input_ids=tokens,
+                    decoder_attention_mask=mask,
+                    encoder_outputs=encoder,
+                    cache=self.both,
+                    use_cache=True,
+                )
+        else:
+            out = self.base(
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=columns[:, None],  # a row's cached length is its next position
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.fed = [fed + 1 for fed in self.fed]
+        return out.logits[:, -1].float().view(len(self.slots), beams, -1)
+
+    @contextlib.contextmanager
+    def _decoder_positions(self, positions: torch.Tensor) -> Iterator[None]:
+        """Per-row decoder positions for BART-like decoders, which compute one position for all
+        rows from the cache length: the position embedding gets `positions` as its position_ids
+        (it returns (1, rows, hidden) for them) and its output is turned into (rows, 1, hidden)."""
+        module = self.base.get_decoder().embed_positions
+
+        def before(module, args, kwargs):
+            if "position_ids" not in kwargs:
+                raise PrefixError("this decoder's position embedding takes no position_ids")
+            return args, {**kwargs, "position_ids": positions}
+
+        def after(module, args, output):
+            return output.transpose(0, 1)
+
+        hooks = [
+            module.register_forward_pre_hook(before, with_kwargs=True),
+            module.register_forward_hook(after),
+        ]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    # ------------------------------------------------------------------ leaving
+    def _settle(self, source: torch.Tensor, done: torch.Tensor, progress) -> None:
+        """Collect the done inputs, move the pool's last inputs into their slots, and give each
+        beam the cache of the beam it continues."""
+        host = torch.cat((done[:, None].to(source.dtype), source), dim=1).cpu()  # one sync
+        done, source = host[:, 0].bool().tolist(), host[:, 1:]
+        finished = [slot for slot, d in enumerate(done) if d]
+        if finished:
+            for slot, tokens in zip(finished, self.beams.result(finished), strict=True):
+                self.results[self.slots[slot]] = tokens
+                if progress is not None:
+                    progress(self.slots[slot])
+        kept = len(done) - len(finished)
+        tail = [slot for slot in range(kept, len(done)) if not done[slot]]
+        order = [slot if not done[slot] else tail.pop() for slot in range(kept)]
+        self._move(order, source)
+        for name in ("slots", "shared", "fed", "crossed"):
+            values = getattr(self, name)
+            if values:
+                setattr(self, name, [values[slot] for slot in order])
+        if order != list(range(len(done))):
+            self.beams.select(torch.tensor(order, dtype=torch.long, device=self.device))
+
+    def _move(self, order: list[int], source: torch.Tensor) -> None:
+        """Cell copies for the new layout: slot s continues old slot order[s]; its beam j
+        continues that slot's beam source[order[s], j]."""
+        if not order:
+            return
+        beams = self.beams_per_input
+        old = torch.tensor(order)
+        slots = torch.arange(len(order))
+        moved = (old != slots)[:, None].expand(-1, beams)
+        beam = torch.arange(beams)
+        own = source[old]
+        shared, fed = torch.tensor(self.shared)[old], torch.tensor(self.fed)[old]
+        first = torch.where(moved, 0, shared[:, None])
+        count = torch.where(moved | (own != beam), (shared + fed)[:, None] - first, 0)
+        destination = slots[:, None] * beams + beam
+        self._copy(self.cache, destination, old[:, None] * beams + own, first, count)
+        if self.cross is not None:
+            crossed = torch.tensor(self.crossed)[old][:, None]
+            everything = torch.where(moved, crossed, 0)
+            source_rows = old[:, None] * beams + beam  # a slot's beams share its encoder
+            self._copy(self.cross, destination, source_rows, torch.zeros_like(first), everything)
+
+    def _copy(self, rows: RowCache, destination, source, first, count) -> None:
+        """Copy count[r] columns from first[r] on of row source[r] to row destination[r]."""
+        count = count.flatten()
+        total = int(count.sum())
+        if total == 0:
+            return
+        start = torch.cumsum(count, 0) - count
+        column = torch.arange(total) - start.repeat_interleave(count, output_size=total)
+        column += first.flatten().repeat_interleave(count, output_size=total)
+        columns = rows.columns_held
+        cells = [
+            (r.flatten().repeat_interleave(count, output_size=total) * columns + column).to(
+                self.device
+            )
+            for r in (destination, source)
+        ]
+        rows.move(*cells)
+
+
+def _visible(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """The (rows, 1, 1, width) attention mask of rows holding lengths[r] columns each."""
+    return (torch.arange(width, device=lengths.device) < lengths[:, None])[:, None, None]
