@@ -63,9 +63,11 @@ from .decoding_beams import Beams, Search
 from .decoding_cache import RowCache
 from .model import DEFAULT, PrefixModel
 
-# Rows in flight on a CPU. Decoding GEMMs run 7x faster at 500 rows than at 50 (2 cores), and
-# the cache of 500 SmolLM2 rows of ~120 columns is ~2.8 GB: see docs/results/bench_eval/.
-DEFAULT_MAX_ROWS = 500
+# Beam rows in flight, tuned on the 2-core CPU with SmolLM2-135M (docs/results/bench_eval/): a
+# decoding forward costs 5-6 ms per row at 50 rows, 3.5 at 300, 3.2 at 500 (no better above), and
+# the cache takes 46 KB per row and column (E2E rows: up to 126 columns), 2.3 GB at 400 rows. A
+# GPU wants far more rows (thousands) for its GEMMs to fill: pass max_rows.
+DEFAULT_MAX_ROWS = 400
 JOIN_FRACTION = 8  # queued inputs join once this fraction of the pool is free
 
 # Generation-config settings that add logits processors beam_search does not apply, with the
@@ -170,7 +172,7 @@ def _settings(
         raise PrefixError(f"early_stopping must be True, False or 'never', not {early_stopping!r}")
     types, _ = get_layer_types_and_kwargs(model.base.config.get_text_config(decoder=True))
     if any(t != "full_attention" for t in types):
-        raise PrefixError("beam_search supports full-attention layers only; use generate()")
+        raise PrefixError("beam_search needs full-attention layers; use PrefixModel.generate")
     if model.is_encoder_decoder and not hasattr(model.base.get_decoder(), "embed_positions"):
         raise PrefixError(f"beam_search does not support {model.base.config.model_type}")
     refused = [
@@ -505,19 +507,20 @@ class _Pool:
         continues that slot's beam source[order[s], j]."""
         if not order:
             return
-        beams = self.beams_per_input
-        old = torch.tensor(order)
-        slots = torch.arange(len(order))
+        beams, cpu = self.beams_per_input, torch.device("cpu")  # built on the host, then sent
+        old = torch.tensor(order, device=cpu)
+        slots = torch.arange(len(order), device=cpu)
         moved = (old != slots)[:, None].expand(-1, beams)
-        beam = torch.arange(beams)
+        beam = torch.arange(beams, device=cpu)
         own = source[old]
-        shared, fed = torch.tensor(self.shared)[old], torch.tensor(self.fed)[old]
+        shared = torch.tensor(self.shared, device=cpu)[old]
+        fed = torch.tensor(self.fed, device=cpu)[old]
         first = torch.where(moved, 0, shared[:, None])
         count = torch.where(moved | (own != beam), (shared + fed)[:, None] - first, 0)
         destination = slots[:, None] * beams + beam
         self._copy(self.cache, destination, old[:, None] * beams + own, first, count)
         if self.cross is not None:
-            crossed = torch.tensor(self.crossed)[old][:, None]
+            crossed = torch.tensor(self.crossed, device=cpu)[old][:, None]
             everything = torch.where(moved, crossed, 0)
             source_rows = old[:, None] * beams + beam  # a slot's beams share its encoder
             self._copy(self.cross, destination, source_rows, torch.zeros_like(first), everything)
@@ -529,7 +532,8 @@ class _Pool:
         if total == 0:
             return
         start = torch.cumsum(count, 0) - count
-        column = torch.arange(total) - start.repeat_interleave(count, output_size=total)
+        column = torch.arange(total, device=count.device)
+        column -= start.repeat_interleave(count, output_size=total)
         column += first.flatten().repeat_interleave(count, output_size=total)
         columns = rows.columns_held
         cells = [

@@ -75,13 +75,11 @@ class Beams:
         self.keep = max(2, 1 + len(search.eos)) * beams  # transformers' beams_to_keep
         self.top_mask = torch.arange(self.keep, device=device) < beams
         # length ** length_penalty for every length, as transformers' Python float would be
-        penalties = torch.tensor([max(k, 1) ** search.length_penalty for k in range(steps + 1)])
-        if device.type == "cuda":
-            # on CUDA a tensor divided by a Python scalar is multiplied by its float reciprocal
-            self._penalty, self._divide = 1 / penalties.float(), False
-        else:
-            self._penalty, self._divide = penalties.float(), True
-        self._penalty = self._penalty.to(device)
+        penalty = [max(k, 1) ** search.length_penalty for k in range(steps + 1)]
+        penalty = torch.tensor(penalty, dtype=torch.float32, device="cpu")
+        # on CUDA a tensor divided by a Python scalar is multiplied by its float reciprocal
+        self._divide = device.type != "cuda"
+        self._penalty = (penalty if self._divide else torch.reciprocal(penalty)).to(device)
         self.steps = torch.zeros(0, dtype=torch.long, device=device)  # tokens generated so far
         self.tokens = torch.zeros(0, beams, steps, dtype=torch.long, device=device)  # running
         self.scores = torch.zeros(0, beams, device=device)
