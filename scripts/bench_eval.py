@@ -316,8 +316,10 @@ def main() -> None:
     prompts = [collator.encode_source(s) for s in sources]
 
     results = {"ours": run_ours(args, model, prompts, collator)}
+    print(f"ours: {results['ours'][1]}", flush=True)  # a long run's numbers as they come
     if not args.skip_transformers:
         results["transformers"] = run_transformers(args, model, sources, collator)
+        print(f"transformers: {results['transformers'][1]}", flush=True)
     rate = gemm_rate(base, args.device)
     params = sum(w.numel() for w, _ in matmul_weights(base))
     ours = results["ours"][1]

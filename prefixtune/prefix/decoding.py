@@ -1,17 +1,19 @@
 """Continuous-batching beam search over prefixed keys/values, token-identical to transformers'.
 
-Why: evaluation (beam 5) dominates every experiment, and PrefixModel.generate (transformers' beam
-search) runs small batches (10 inputs x 5 beams: CPU GEMMs at a tenth of their speed at
-hundreds of rows) and keeps finished inputs in the batch until its longest one is done.
+Why: evaluation (beam 5) dominates every experiment. PrefixModel.generate (transformers' beam
+search) runs batches of 10 inputs x 5 beams, at which a CPU decoding forward costs twice as much
+per row as at hundreds of rows, prefills every prompt once per beam, and keeps finished inputs
+in the batch until its longest one is done.
 
 The pool. Inputs wait in a queue sorted by cached length (prefix + prompt), longest first, and
-run in a pool of at most `max_rows // num_beams` inputs, `num_beams` consecutive rows each. An
-input leaves the pool the step its search is done; queued inputs join as soon as an eighth of
-the pool is free (a join is a prefill forward, cheaper per row in groups), in length-sorted
-groups of at most 2 x max_rows padded tokens per forward (GEMMs the size the
-decoding steps have). Every step runs one forward of the
-base model over all rows, the new inputs' prefill, and one search step (decoding_beams.py) for
-all inputs, each at its own step.
+run in a pool of at most max_rows // num_beams inputs, num_beams consecutive rows each. An input
+leaves the pool the step its search is done; queued inputs join as soon as an eighth of the pool
+is free (joining is a prefill forward, cheaper per row in groups), prefilled once each (not per
+beam) in groups of at most 2 x max_rows padded tokens per forward. Every step runs one forward
+of the base model over all rows, then one search step (decoding_beams.py) for all inputs, each
+at its own step, new inputs at their first. The search state stays on the model's device; once
+per step the host learns which inputs are done and which beam each new beam continues (one
+small transfer), and from that plans the cache's cell copies.
 
 The cache (decoding_cache.py) holds every row's keys/values as [its prefix; its prompt; its
 generated tokens] from column 0, with no padding inside a row; a decoding step passes the model

@@ -1,11 +1,12 @@
 """The KV cache of beam_search's pool (decoding.py): one row per beam, rows joining and leaving.
 
-Each layer keeps one buffer of shape (row capacity, column capacity, 2, kv_heads, head_dim):
-keys and values of a (row, column) cell side by side, so that a cell is one contiguous vector and
-moving cells between rows (beam reordering, a finished input's rows taken over by another input)
-is a single index_select / index_copy_ over the flattened (rows x columns) dimension, whatever
-cells are involved. A row holds its own columns from 0: its prefix, then its prompt, then the
-tokens generated so far; columns past a row's length are stale but finite, and masked.
+Each layer keeps one buffer of shape (row capacity, column capacity, 2, kv_heads, head_dim),
+allocated once per call for its widest row (the pool's max_rows rows). Keys and values of a
+(row, column) cell sit side by side, so that a cell is one contiguous vector and moving cells
+between rows (beam reordering, a finished input's rows taken over by another input) is a single
+index_select / index_copy_ over the flattened (rows x columns) dimension, whatever cells are
+involved. A row holds its own columns from 0: its prefix, then its prompt, then the tokens
+generated so far; columns past a row's length are stale but finite, and masked.
 
 Attention reads a strided view (rows, kv_heads, width, head_dim) of the buffer; PyTorch's SDPA
 takes it as it is (measured: as fast as a contiguous tensor, and the same values). The view's
@@ -65,8 +66,11 @@ class RowCache(Cache):
         self.columns: torch.Tensor | None = None  # (rows,) where each row writes its new token
         self.writers: torch.Tensor | None = None  # (rows,): 0, 1, ..., rows - 1
         self._arange: torch.Tensor | None = None
-        self.allocated = False
         super().__init__(layers=[RowLayer(self) for _ in range(layers)])
+
+    @property
+    def allocated(self) -> bool:
+        return self.layers[0].buffer is not None
 
     @property
     def columns_held(self) -> int:
@@ -81,7 +85,6 @@ class RowCache(Cache):
         for layer in self.layers:
             layer.buffer = torch.zeros(shape, dtype=like.dtype, device=like.device)
         self._arange = torch.arange(rows, device=like.device)
-        self.allocated = True
 
     def prepare(self, rows: int, width: int, columns: torch.Tensor | None = None) -> None:
         """Set the views for the next forward: `rows` rows, `width` columns, and the column each
