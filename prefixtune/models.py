@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prefixtune.config import Arch, MethodName, ModelSource, prefix_config
+from prefixtune.config import Arch, Dtype, MethodName, ModelSource, prefix_config
 from prefixtune.errors import UsageError, one_line
 from prefixtune.hubprobe import bounded_hub_timeouts, hub_endpoint, offline_reason, probe_hub
 from prefixtune.prefix.architecture import layer_stacks
@@ -40,6 +40,9 @@ from prefixtune.prefix.model import parameter_summary
 from prefixtune.runfolder import umask
 
 log = logging.getLogger(__name__)
+
+
+TORCH_DTYPES = {Dtype.fp32: torch.float32, Dtype.bf16: torch.bfloat16, Dtype.fp16: torch.float16}
 
 
 def cache_root() -> Path:
@@ -76,7 +79,7 @@ def load_model(
         raise UsageError(f"model={model_cfg.name} needs model.tokenizer (a tokenizer folder)")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model.float().eval()
+    model.to(TORCH_DTYPES[Dtype(model_cfg.get("dtype", Dtype.fp32))]).eval()
     model._prefixtune_origin = {"name": model_cfg.name, **origin}
     return model, tok
 
@@ -422,6 +425,18 @@ def apply_method(
     for layer in list(layers)[-top:]:
         layer.requires_grad_(True)
     return base
+
+
+def enable_gradient_checkpointing(base: PreTrainedModel) -> None:
+    """Recompute the base's layer activations in backward instead of keeping them.
+
+    Non-reentrant checkpointing: the frozen base's inputs need no grad for the prefix's
+    keys/values, which enter inside each layer, to get their gradients; the engine's function
+    also gives the recomputation in backward the prefix batch of its forward (wiring.py)."""
+    from prefixtune.prefix.wiring import enable_gradient_checkpointing as checkpoint_layers
+
+    checkpoint_layers(base)
+    base.config.use_cache = False
 
 
 def parameter_counts(model: torch.nn.Module, base: PreTrainedModel) -> dict[str, Any]:

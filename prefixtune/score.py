@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from prefixtune.metrics import TASKS, ScoreError, score
+from prefixtune.metrics.nist import NIST_MODES
 
 SPLITS = ("dev", "test")
 
 DESCRIPTION = """\
 Score outputs (one per line, in dataset order) with the official scorer the paper used:
-  e2e     E2E challenge scorer: BLEU, NIST (mteval-13a tokens, lower-cased), METEOR, ROUGE-L,
-          CIDEr (COCO caption code on PTB tokens)
+  e2e     E2E challenge scorer: BLEU, NIST (mteval-13a tokens, lower-cased; its Python mode,
+          --nist-mode perl for its Perl mode's NIST), METEOR, ROUGE-L, CIDEr (COCO caption
+          code on PTB tokens)
   webnlg  WebNLG 2017 challenge scorer: BLEU, METEOR, TER over all / seen / unseen categories
   dart    DART scorer: BLEU (multi-bleu, cased), METEOR, TER
   xsum    rouge-score with stemming: rouge1, rouge2, rougeL, rougeLsum
@@ -62,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-modified",
         action="store_true",
         help="with --split: accept release files that differ from the official ones",
+    )
+    parser.add_argument(
+        "--nist-mode",
+        choices=NIST_MODES,
+        default="python",
+        help="e2e NIST: 'python' (default) the E2E scorer's -p mode, as the paper reports it; "
+        "'perl' its default mode (mteval-v13a-sig.pl, the challenge leaderboard's numbers), "
+        "whose length penalty differs (e.g. 8.11 vs 7.97 NIST)",
     )
     parser.add_argument(
         "--seen-flags",
@@ -180,6 +190,8 @@ def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.seen_flags is not None and args.task != "webnlg":
         raise ScoreError("--seen-flags only applies to --task webnlg")
+    if args.nist_mode != "python" and args.task != "e2e":
+        raise ScoreError("--nist-mode only applies to --task e2e")
     hyps = read_lines(args.hyps)
     refs, seen = load_references(args, len(hyps))
     if len(hyps) != len(refs):
@@ -194,7 +206,7 @@ def run(argv: list[str] | None = None) -> dict:
             f"{empty[0]}) scored as empty outputs",
             file=sys.stderr,
         )
-    return score(args.task, hyps, refs, seen=seen)
+    return score(args.task, hyps, refs, seen=seen, nist_mode=args.nist_mode)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast, broadcast_object_list, gather_object
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -35,14 +36,22 @@ from prefixtune import runfolder as rf
 from prefixtune import runinfo
 from prefixtune.checkpoint import TrainState
 from prefixtune.collate import Collator, Encoded
-from prefixtune.config import Arch, EvalSplit, MethodName, to_container, validate
+from prefixtune.config import Arch, EvalSplit, MethodName, Precision, to_container, validate
 from prefixtune.errors import UsageError
 from prefixtune.generate import generate_outputs, merge_outputs
 from prefixtune.loggers import Logger, NullLogger, make_logger
 from prefixtune.metrics import score_examples
-from prefixtune.models import apply_method, load_model, parameter_counts
+from prefixtune.models import (
+    apply_method,
+    enable_gradient_checkpointing,
+    load_model,
+    parameter_counts,
+)
 
 log = logging.getLogger(__name__)
+
+
+_MIXED = {Precision.fp32: "no", Precision.bf16: "bf16", Precision.fp16: "fp16"}
 
 
 class TrainingDiverged(UsageError):
@@ -60,7 +69,16 @@ def train(
     start = time.time()
     overrides = list(overrides or [])
     validate(cfg, overrides)
-    accelerator = Accelerator(cpu=cfg.cpu)
+    # AcceleratorState is a per-process singleton that refuses a second mixed_precision; runs
+    # of a sweep (Hydra's basic launcher) share a process, so each run states its own afresh
+    # (PartialState, the processes, stays).
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=_MIXED[Precision(cfg.train.precision)])
+    if Precision(cfg.train.precision) is Precision.fp16 and accelerator.scaler is None:
+        raise UsageError(
+            f"train.precision=fp16 needs loss scaling, which accelerate gives on a GPU only (this "
+            f"run is on {accelerator.device.type}); use train.precision=bf16"
+        )
     claim = _agree_on_run_dir(accelerator, cfg, overrides, unique_dir)
     if claim.finished:
         log.warning("resume=true: the run in %s already finished; nothing to do", claim.path)
@@ -157,6 +175,7 @@ class Loop:
     ckpt_every: int
     state: TrainState
     saved_step: int | None  # the step of the checkpoint on disk, if any
+    stopped_by: str = "steps"  # what ended training: steps | patience | max_minutes
 
 
 def restore(run: Run) -> TrainState | None:
@@ -222,6 +241,8 @@ def build_model(cfg: DictConfig, data: Data) -> Built:
     base, tokenizer = load_model(cfg.model, data.root)
     encoder_decoder = Arch(cfg.model.arch) is Arch.encoder_decoder
     model = apply_method(base, cfg, tokenizer)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
     collator = Collator(
         tokenizer,
         encoder_decoder=encoder_decoder,
@@ -244,14 +265,16 @@ def prepare(run: Run, built: Built, saved: TrainState | None) -> Loop:
     cfg, accelerator = run.cfg, run.accelerator
     params = [p for p in built.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    global_batch = cfg.train.batch_size * accelerator.num_processes
-    steps_per_epoch = max(1, len(built.train_items) // global_batch)
+    step_batch = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+    steps_per_epoch = max(1, len(built.train_items) // step_batch)
     total_steps = (
         cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(built.model, optimizer)
     raw = accelerator.unwrap_model(model)
+    if cfg.train.compile:  # the training and dev-loss forwards; generation runs `raw`
+        model = torch.compile(model, dynamic=True)
     eval_every = cfg.train.eval_every if cfg.train.eval_every > 0 else steps_per_epoch
     state = saved or TrainState(config=run.resolved)
     if saved is not None:
@@ -295,27 +318,17 @@ def write_run_start(run: Run) -> None:
 def fit(run: Run, loop: Loop, logger: Logger) -> None:
     """AdamW steps with dev-loss evaluations (model selection, early stopping) and checkpoints."""
     cfg, accelerator, state = run.cfg, run.accelerator, loop.state
-    rank, batch_size = accelerator.process_index, cfg.train.batch_size
-    global_batch = batch_size * accelerator.num_processes
     bar = tqdm(
         total=loop.total_steps, initial=state.step, desc="train", disable=not run.main, unit="step"
     )
-    stop = False
+    stop = _over_budget(run, loop)
     while state.step < loop.total_steps and not stop:
-        epoch, pos = divmod(state.step, loop.steps_per_epoch)
-        order = _epoch_order(len(loop.train_items), cfg.seed, epoch)
-        chunk = [
-            order[(pos * global_batch + j) % len(order)]
-            for j in range(rank * batch_size, (rank + 1) * batch_size)
-        ]
-        batch = _to_device(loop.collator.train_batch([loop.train_items[i] for i in chunk]), run)
         loop.model.train()
-        loss = loop.model(**batch).loss
+        loss = _accumulated_step(run, loop)
         losses = accelerator.gather(loss.detach().reshape(1))
         if not torch.isfinite(losses).all():
             state.step += 1
             raise _diverged(run, loop, f"loss became {loss.item()}")
-        accelerator.backward(loss)
         if cfg.train.grad_clip > 0:
             accelerator.clip_grad_norm_(loop.params, cfg.train.grad_clip)
         loop.optimizer.step()
@@ -326,7 +339,8 @@ def fit(run: Run, loop: Loop, logger: Logger) -> None:
         lr = loop.scheduler.get_last_lr()[0]
         logger.log({"step": state.step, "split": "train", "loss": losses.mean().item(), "lr": lr})
         improved = False
-        if state.step % loop.eval_every == 0 or state.step == loop.total_steps:
+        out_of_time = _over_budget(run, loop)
+        if state.step % loop.eval_every == 0 or state.step == loop.total_steps or out_of_time:
             dev_loss = _dev_loss(run, loop)
             if not math.isfinite(dev_loss) and loop.dev_items:
                 logger.log({"step": state.step, "split": "dev", "loss": None, "best": False})
@@ -338,10 +352,55 @@ def fit(run: Run, loop: Loop, logger: Logger) -> None:
                 state.bad_evals += 1
             logger.log({"step": state.step, "split": "dev", "loss": dev_loss, "best": improved})
             bar.set_postfix(dev_loss=f"{dev_loss:.4f}")
-            stop = 0 < cfg.train.patience <= state.bad_evals
+            if 0 < cfg.train.patience <= state.bad_evals:
+                loop.stopped_by = "patience"
+        stop = out_of_time or loop.stopped_by == "patience"
         if improved or state.step % loop.ckpt_every == 0 or state.step == loop.total_steps or stop:
             _save_state(run, loop, best=improved)
     bar.close()
+
+
+def _accumulated_step(run: Run, loop: Loop) -> torch.Tensor:
+    """Forward and backward over the step's train.grad_accum micro-batches of this process.
+
+    Each micro-batch's mean loss is weighted by its share of the step's target tokens, so the
+    gradient equals that of one batch of all of them (the model's loss is a token mean); the
+    returned loss is that batch's. Processes sync gradients on the last micro-batch only."""
+    cfg, accelerator, state = run.cfg, run.accelerator, loop.state
+    size, accum = cfg.train.batch_size, cfg.train.grad_accum
+    step_batch = size * accum * accelerator.num_processes
+    epoch, pos = divmod(state.step, loop.steps_per_epoch)
+    order = _epoch_order(len(loop.train_items), cfg.seed, epoch)
+    first = pos * step_batch + accelerator.process_index * size * accum
+    batches = []
+    for k in range(accum):
+        chunk = [order[(first + k * size + j) % len(order)] for j in range(size)]
+        batches.append(loop.collator.train_batch([loop.train_items[i] for i in chunk]))
+    tokens = [loop.collator.target_tokens(b) for b in batches]
+    total = max(1, sum(tokens))
+    step_loss = torch.zeros((), device=accelerator.device)
+    for k, (batch, n) in enumerate(zip(batches, tokens, strict=True)):
+        last = k == accum - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(loop.model)
+        with sync:
+            loss = loop.model(**_to_device(batch, run)).loss * (n / total)
+            accelerator.backward(loss)
+        step_loss += loss.detach().float()
+    return step_loss
+
+
+def _over_budget(run: Run, loop: Loop) -> bool:
+    """train.max_minutes spent (this segment and the earlier ones)? Rank 0's clock decides,
+    so that every process stops at the same step."""
+    budget = run.cfg.train.max_minutes
+    if budget <= 0:
+        return False
+    over = torch.tensor([run.earlier_s + time.time() - run.start >= budget * 60])
+    if run.accelerator.num_processes > 1:
+        over = broadcast(over.to(run.accelerator.device), from_process=0).cpu()
+    if bool(over):
+        loop.stopped_by = "max_minutes"
+    return bool(over)
 
 
 def evaluate(run: Run, loop: Loop, data: Data) -> dict[str, Any]:
@@ -402,6 +461,18 @@ def write_run_info(run: Run, loop: Loop, metrics: dict[str, Any]) -> None:
         "phases_this_segment_s": run.phases_s,
         "memory": runinfo.peak_memory_mb(),
         "resumed_from_step": run.resumed_from_step,
+        "training": {
+            "steps": loop.state.step,
+            "planned_steps": loop.total_steps,
+            "stopped_by": loop.stopped_by,
+            "max_minutes": run.cfg.train.max_minutes or None,
+            "step_batch": run.cfg.train.batch_size
+            * run.cfg.train.grad_accum
+            * run.accelerator.num_processes,
+            "precision": str(run.cfg.train.precision),
+            "model_dtype": str(run.cfg.model.dtype),
+            "gradient_checkpointing": run.cfg.train.gradient_checkpointing,
+        },
     }
     rf.write_json(run.out / rf.RUN_INFO, info)
     rf.write_json(run.out / rf.METRICS, metrics)

@@ -40,7 +40,10 @@ TARGETS = [  # (case, reference case, at most)
     ("generate/ours", "generate/peft", 0.95),
     ("generate/mixed4", "generate/ours", 1.10),
     ("forward/mixed4", "forward/ours", 1.10),
+    ("train/ours_ckpt", "train/ours", 1.40),  # issue 17: checkpointing's step cost
+    ("train/ours_bf16", "train/ours", 1 / 1.8),  # issue 17, on a GPU: bf16 >= 1.8x fp32
 ]
+MEMORY_TARGETS = [("train/ours_ckpt", "train/ours", 0.5)]  # checkpointing halves the peak
 
 
 def load_smollm2():
@@ -133,6 +136,29 @@ def build_cases(args):
         model, opt = ours()
         return lambda: step(model, opt)
 
+    def train_ours_as(dtype=None, autocast=None, checkpointing=False):
+        """Our prefix with the training options of issue 17: a bf16 frozen base (model.dtype),
+        bf16 autocast (train.precision), gradient checkpointing (the function train.py calls)."""
+
+        def factory():
+            from prefixtune.models import enable_gradient_checkpointing
+
+            frozen_base = copy.deepcopy(base).to(dtype or torch.float32)
+            if checkpointing:
+                enable_gradient_checkpointing(frozen_base)
+            model = PrefixModel(frozen_base, PrefixConfig(length=args.length))
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            if autocast is None:
+                return lambda: step(model, opt)
+
+            def run():
+                with torch.autocast(torch.device(dev).type, dtype=autocast):
+                    step(model, opt)
+
+            return run
+
+        return factory
+
     def train_peft():
         model, opt = peft()
         return lambda: step(model, opt, attention_mask=torch.ones_like(ids))
@@ -178,6 +204,9 @@ def build_cases(args):
         "train/peft": train_peft,
         "train/floor": train_floor,
         "train/full": train_full,
+        "train/ours_ckpt": train_ours_as(checkpointing=True),
+        "train/ours_bf16": train_ours_as(autocast=torch.bfloat16),
+        "train/ours_bf16_base": train_ours_as(dtype=torch.bfloat16),
         "generate/ours": generate(ours),
         "generate/peft": generate(peft),
         "generate/base": generate(frozen),
@@ -275,9 +304,19 @@ def round_ratios(times: dict[str, list[float]], case: str, reference: str) -> li
     return [x / y for x, y in zip(times[case], times[reference], strict=True)]
 
 
-def target_checks(times: dict[str, list[float]]) -> list[dict]:
+def target_checks(times: dict[str, list[float]], memory: dict[str, float]) -> list[dict]:
+    """The time targets among the cases that ran, then the memory targets (peak / peak)."""
     checks = []
+    for a, b, t in MEMORY_TARGETS:
+        if a in memory and b in memory:
+            ratio = memory[a] / memory[b]
+            checks.append(
+                {"case": f"{a} memory", "reference": b, "ratio": ratio, "ratio_of_medians": ratio}
+                | {"target": t, "met": ratio <= t}
+            )
     for a, b, t in TARGETS:
+        if a not in times or b not in times:
+            continue
         ratio = statistics.median(round_ratios(times, a, b))
         checks.append(
             {
@@ -321,7 +360,7 @@ def pool(folders: list[str]) -> None:
                     f"{folders[0]} has {runs[0]['settings'].get(key)!r}"
                 )
     times = {name: [t for run in runs for t in run["seconds"][name]] for name in runs[0]["seconds"]}
-    each = [target_checks(run["seconds"]) for run in runs]
+    each = [target_checks(run["seconds"], {}) for run in runs]
     print(f"{len(runs)} runs, {len(times['train/ours'])} rounds: {', '.join(folders)}\n")
     print(
         "| ratio (median of per-round ratios) | all rounds | 90% interval | each run | target "
@@ -329,7 +368,7 @@ def pool(folders: list[str]) -> None:
     )
     print("|---|---|---|---|---|---|")
     rng = random.Random(0)
-    for i, c in enumerate(target_checks(times)):
+    for i, c in enumerate(target_checks(times, {})):
         ratios = round_ratios(times, c["case"], c["reference"])
         # bootstrap over rounds: how far the median could move with other rounds like these
         boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
@@ -365,6 +404,12 @@ def main() -> None:
         help="calls per timed sample (default: 1 on cpu, 5 on cuda, where one call takes ms)",
     )
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated case names to run (default: all), e.g. "
+        "train/ours,train/ours_ckpt,train/ours_bf16,train/ours_bf16_base",
+    )
     p.add_argument("--out", default=None, help="default: outputs/bench/<time>")
     p.add_argument(
         "--pool", nargs="+", metavar="RUN", help="only pool the rounds of earlier runs' folders"
@@ -394,6 +439,14 @@ def main() -> None:
         sys.exit(f"error: {out} exists and is not empty; pass another --out")
     out.mkdir(parents=True, exist_ok=True)
     factories = build_cases(args)
+    if args.cases:
+        wanted = args.cases.split(",")
+        unknown = sorted(set(wanted) - set(factories))
+        if unknown:
+            sys.exit(
+                f"error: unknown --cases {', '.join(unknown)}; choose from {', '.join(factories)}"
+            )
+        factories = {name: factories[name] for name in wanted}
     memory = {}
     if not args.no_memory and not args.device.startswith("cuda"):
         # In children started before this process loads its models: less memory at once.
@@ -403,7 +456,7 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     if not args.no_memory and args.device.startswith("cuda"):
         memory = peak_memory_cuda(args, cases)
-    checks = target_checks(times)
+    checks = target_checks(times, memory)
     import peft
     import transformers
 

@@ -18,6 +18,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 from prefixtune.cli import CONF_DIR
@@ -125,6 +127,35 @@ def tiny_bart(seed: int = 0) -> BartForConditionalGeneration:
         forced_eos_token_id=None,
     )
     return BartForConditionalGeneration(cfg).eval()
+
+
+def tiny_t5(seed: int = 0, **extra) -> T5ForConditionalGeneration:
+    """A tiny random T5 (2 + 2 layers, relative position bias; extra= e.g. the gated-GELU
+    feed-forward of Flan-T5: feed_forward_proj="gated-gelu")."""
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        **extra,
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        pad_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+    )
+    model = T5ForConditionalGeneration(cfg).eval()
+    # T5's own init with its tied embeddings makes a random model repeat the token it was fed;
+    # small embeddings and larger matrices give outputs that depend on the input (and prefix)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(std=0.1 if name == "shared.weight" else 0.5)
+    return model
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | str | None = None) -> DictConfig:

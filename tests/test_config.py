@@ -107,7 +107,10 @@ def test_required_override_names_exist():
 
 
 BAD = [
-    (["model=foo"], "unknown model 'foo'; choose one of: bart-base, bart-large, gpt2"),
+    (
+        ["model=foo"],
+        "unknown model 'foo'; choose one of: bart-base, bart-large, flan-t5-base, gpt2",
+    ),
     (["task=foo"], "choose one of: dart, e2e, webnlg, xsum"),
     (["method=lora"], "choose one of: finetune, ft_top2, prefix"),
     (["prefix.length=0"], "prefix.length must be >= 1"),

@@ -6,13 +6,16 @@ ROUGE-L to 0.0005, NIST / CIDEr to 0.005.  The Java and TER runs are shared per 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from conftest import DATA_ROOT, SCORING
 from rouge_score import rouge_scorer
 
 from prefixtune.metrics import ScoreError, score
-from prefixtune.metrics.nist import corpus_nist
-from prefixtune.metrics.webnlg_text import normalise
+from prefixtune.metrics.nist import BETA, corpus_nist, e2e_bleu, python_tokens
+from prefixtune.metrics.webnlg import prepare
+from prefixtune.metrics.webnlg_text import normalise_output, normalise_reference
 from prefixtune.score import read_aligned, read_grouped, read_lines
 
 DATA = DATA_ROOT
@@ -87,19 +90,62 @@ def test_webnlg_official(webnlg_scores, part, key):
 
 
 def test_webnlg_normalisation():
-    assert normalise("Adolfo Suárez Madrid–Barajas Airport's 18L/36R.") == (
-        "adolfo suarez madrid – barajas airport ' s 18l / 36r ."
+    # Outputs: unidecode first, then the split on non-word characters (all ASCII by then).
+    assert normalise_output("Adolfo Suárez Madrid–Barajas Airport's 18L/36R.") == (
+        "adolfo suarez madrid - barajas airport ' s 18l / 36r ."
     )
-    assert normalise("Preußisch  Oldendorf") == "preussisch oldendorf"
+    assert normalise_output("Preußisch  Oldendorf") == "preussisch oldendorf"
+    # References: the split runs on the Unicode text first, unidecode last, so a symbol that
+    # transliterates to letters is split off in a reference but glued on in an output.
+    assert normalise_reference("20°C") == "20 deg c"
+    assert normalise_output("20°C") == "20degc"
+
+
+def test_webnlg_three_references_padded():
+    hyps, refs = prepare(["A b."], [["a b .", "c", "d", "e", "f"]])
+    assert refs == [["a b .", "c", "d"]]  # the first three only, as bleu_eval_3ref.sh
+    _, refs = prepare(["x"], [["only one"]])
+    assert refs == [["only one", "", ""]]  # blank lines of the reference files: empty refs
 
 
 def test_nist_hand_example():
     # One segment, hypothesis == its only reference: every n-gram is matched; info of a unigram
     # is log2(4/1) = 2, of longer n-grams log2(1/1) = 0; so NIST = 2 (no length penalty).
-    assert corpus_nist(["a b c d"], [["a b c d"]]) == pytest.approx(2.0)
+    for mode in ("python", "perl"):
+        assert corpus_nist(["a b c d"], [["a b c d"]], mode=mode) == pytest.approx(2.0)
     # Shorter output than reference: the brevity factor applies (ratio 0.5).
     short = corpus_nist(["a b"], [["a b c d"]])
     assert 0 < short < 2.0
+
+
+def test_nist_modes_length_penalty():
+    # Python: Lref = sum of per-segment average reference lengths = 2 + 4 = 6.  Perl: all
+    # reference words / average reference count = 14 / ((1 + 3) / 2) = 7.  Lsys = 4.
+    hyps = ["a b", "c d"]
+    refs = [["a b"], ["c d e f"] * 3]
+    py = corpus_nist(hyps, refs, mode="python")
+    pl = corpus_nist(hyps, refs, mode="perl")
+
+    def penalty(ratio: float) -> float:
+        return math.exp(-BETA * math.log(ratio) ** 2)
+
+    assert pl / py == pytest.approx(penalty(4 / 7) / penalty(4 / 6))
+
+
+def test_nist_perl_zero_prefix_quirk():
+    # Perl takes the prefix "0" as false: the bigram "0 x" is informative against all 3 words.
+    py = corpus_nist(["0 x y"], [["0 x y"]], mode="python")
+    pl = corpus_nist(["0 x y"], [["0 x y"]], mode="perl")
+    assert py == pytest.approx(math.log2(3))
+    assert pl - py == pytest.approx(math.log2(3) / 2)
+
+
+def test_e2e_bleu_negative_ngram_counts():
+    # pymteval counts len - n + 1 n-grams even when negative: the 2-word output adds -1
+    # 4-grams, so the 4-gram precision is 2 / (2 - 1) = 2 and BLEU is 2 ** (1/4) on 0-1.
+    assert e2e_bleu(["a b", "c d e f g"], [["a b"], ["c d e f g"]]) == pytest.approx(100 * 2**0.25)
+    # An empty output is one empty token: length 1, matching nothing.
+    assert python_tokens("") == [""]
 
 
 def test_xsum_matches_rouge_score():

@@ -1,5 +1,6 @@
-"""Model loading: tiny configs, the offline SmolLM2 (converted once, then cached), and one real
-integration run of SmolLM2-135M on E2E."""
+"""Model loading: tiny configs, the offline SmolLM2 (converted once, then cached), one real
+integration run of SmolLM2-135M on E2E, and the hub presets (composed offline, loaded from a
+folder holding a tiny random model of the same family)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import time
 
 import pytest
 import torch
-from conftest import DATA_ROOT, compose_cfg
+from conftest import DATA_ROOT, VOCAB, compose_cfg, tiny_llama, tiny_t5
+from transformers import GPT2TokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from prefixtune.config import validate
 from prefixtune.models import apply_method, cache_root, gguf_to_safetensors, load_model
+from prefixtune.prefix import PrefixModel
 from prefixtune.train import train
 
 
@@ -93,3 +97,48 @@ def test_smollm2_prefix_tuned_on_real_e2e(tmp_path):
     assert len(gens) == 2 and all(g.strip() for g in gens)
     counts = json.loads((tmp_path / "run" / "run.json").read_text())["parameters"]
     assert counts["stored"] == 4 * 30 * 2 * 3 * 64  # L x layers x (k, v) x kv heads x head dim
+
+
+# ------------------------------------------------------------------ hub presets
+# Each hub preset, its hub id and the transformers family (model_type) its hub model has.
+HUB_PRESETS = {
+    "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M", "llama"),
+    "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B", "llama"),
+    "qwen2.5-0.5b": ("Qwen/Qwen2.5-0.5B", "qwen2"),
+    "qwen2.5-1.5b": ("Qwen/Qwen2.5-1.5B", "qwen2"),
+    "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", "llama"),
+    "t5-base": ("google-t5/t5-base", "t5"),
+    "flan-t5-base": ("google/flan-t5-base", "t5"),
+}
+# A tiny random model of each family, standing in for the hub weights (no network in tests).
+TINY_FAMILY = {
+    "llama": lambda: tiny_llama(tie_word_embeddings=True),
+    "qwen2": lambda: tiny_llama(Qwen2Config, Qwen2ForCausalLM, tie_word_embeddings=True),
+    "t5": tiny_t5,
+}
+
+
+@pytest.mark.parametrize("name", HUB_PRESETS)
+def test_hub_presets_compose_offline_and_load_a_model_of_their_family(name, tmp_path):
+    hub_id, model_type = HUB_PRESETS[name]
+    cfg = compose_cfg([f"model={name}", f"data.root={DATA_ROOT}"])
+    validate(cfg)
+    assert (cfg.model.name, cfg.model.source, cfg.model.hub_id) == (name, "hub", hub_id)
+    assert cfg.model.arch == ("encoder_decoder" if model_type == "t5" else "decoder")
+    # the hub loading path, given a local folder with a random model of the same family
+    folder = tmp_path / "base"
+    TINY_FAMILY[model_type]().save_pretrained(folder)
+    GPT2TokenizerFast.from_pretrained(DATA_ROOT / "tokenizers" / "gpt2").save_pretrained(folder)
+    cfg = compose_cfg([f"model={name}", f"model.hub_id={folder}", f"data.root={DATA_ROOT}"])
+    base, tok = load_model(cfg.model, DATA_ROOT)
+    assert base.config.model_type == model_type
+    assert base._prefixtune_origin == {"name": name, "id": str(folder), "revision": None}
+    model = apply_method(base, cfg, tok)
+    assert isinstance(model, PrefixModel)
+    assert model.kinds == (("encoder", "decoder", "cross") if model_type == "t5" else ("self",))
+    ids = torch.randint(3, VOCAB, (2, 5))
+    labels = ids[:, :3].contiguous() if model_type == "t5" else ids
+    model(input_ids=ids, labels=labels).loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in base.parameters())

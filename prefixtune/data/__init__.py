@@ -25,7 +25,7 @@ from .lowdata import low_data_split
 
 SPLITS = ("train", "dev", "test")
 _MODULES = {"e2e": e2e, "webnlg": webnlg, "dart": dart, "xsum": xsum}
-#: Valid ``subset=`` values per task (only WebNLG has a seen/unseen split).
+#: Valid ``subset=`` values per task (WebNLG: seen/unseen categories; XSum: sections).
 SUBSETS = {task: getattr(mod, "SUBSETS", ("all",)) for task, mod in _MODULES.items()}
 
 __all__ = [
@@ -51,7 +51,8 @@ def load_split(
 ) -> list[Example]:
     """All Examples of ``task``'s ``split`` ("train" | "dev" | "test"), in the official order.
 
-    ``subset`` (WebNLG only): "all" | "seen" (the 10 training categories) | "unseen".
+    ``subset``: WebNLG "all" | "seen" (the 10 training categories) | "unseen"; XSum "all" |
+    "news" | "sports" | "news-seen" (world, UK, business) | "news-unseen" (other news sections).
     Official release files are checked against their sha256; ``allow_modified`` accepts a
     copy that differs (with a warning) instead of refusing it.
     """

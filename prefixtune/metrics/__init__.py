@@ -21,7 +21,7 @@ from typing import Any
 from prefixtune.metrics.errors import ScoreError
 from prefixtune.tasks import TASKS
 
-__all__ = ["TASKS", "ScoreError", "score", "score_examples"]
+__all__ = ["TASKS", "ScoreError", "score", "score_examples", "score_many"]
 
 
 def _check(task: str, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -51,34 +51,61 @@ def score(
     refs: list[list[str]],
     *,
     seen: list[bool] | None = None,
+    nist_mode: str = "python",
 ) -> dict[str, Any]:
     """Score ``hyps`` (one per input) against ``refs`` (all references of each input).
 
     Returns e2e ``{bleu, nist, meteor, rouge_l, cider}``; webnlg ``{all, seen, unseen}`` each
     ``{bleu, meteor, ter}`` (seen / unseen are ``None`` without ``seen`` flags); dart
-    ``{bleu, meteor, ter}``; xsum ``{rouge1, rouge2, rougeL, rougeLsum}``.
+    ``{bleu, meteor, ter}``; xsum ``{rouge1, rouge2, rougeL, rougeLsum}``.  ``nist_mode`` (E2E):
+    ``"python"`` the E2E scorer's ``-p`` mode, as the paper; ``"perl"`` its default mode's NIST.
     """
-    clean_refs = _check(task, hyps, refs)
-    clean_hyps = [" ".join(h.split()) for h in hyps]
-    if seen is not None and (task != "webnlg" or len(seen) != len(hyps)):
-        if task != "webnlg":
-            raise ScoreError("seen flags only apply to webnlg")
-        raise ScoreError(f"{len(seen)} seen flags for {len(hyps)} outputs")
+    return score_many(task, [(hyps, refs, seen)], nist_mode=nist_mode)[0]
+
+
+def score_many(
+    task: str,
+    systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]], Sequence[bool] | None]],
+    *,
+    nist_mode: str = "python",
+) -> list[dict[str, Any]]:
+    """``score`` for several systems ``(hyps, refs, seen)`` at once, with the same results: the
+    Java tools (PTB tokenizer, METEOR) and the TER pool start once for all of them."""
+    from prefixtune.metrics.nist import NIST_MODES
+
+    if nist_mode not in NIST_MODES:
+        raise ScoreError(f"unknown NIST mode {nist_mode!r}; choose one of: {', '.join(NIST_MODES)}")
+    if task != "e2e" and nist_mode != "python":
+        raise ScoreError("the NIST mode only applies to e2e")
+    prepared = []
+    for hyps, refs, seen in systems:
+        clean_refs = _check(task, hyps, refs)
+        if task == "dart":  # its tools split on ASCII whitespace only (see dart.py)
+            from prefixtune.metrics.dart import ascii_squeeze
+
+            clean_hyps = [ascii_squeeze(h) for h in hyps]
+        else:
+            clean_hyps = [" ".join(h.split()) for h in hyps]
+        if seen is not None and (task != "webnlg" or len(seen) != len(hyps)):
+            if task != "webnlg":
+                raise ScoreError("seen flags only apply to webnlg")
+            raise ScoreError(f"{len(seen)} seen flags for {len(hyps)} outputs")
+        prepared.append((clean_hyps, clean_refs, None if seen is None else list(seen)))
     if task == "e2e":
-        from prefixtune.metrics.e2e import score_e2e
+        from prefixtune.metrics.e2e import score_e2e_many
 
-        return score_e2e(clean_hyps, clean_refs)
+        return score_e2e_many([(h, r) for h, r, _ in prepared], nist_mode=nist_mode)
     if task == "webnlg":
-        from prefixtune.metrics.webnlg import score_webnlg
+        from prefixtune.metrics.webnlg import score_webnlg_many
 
-        return score_webnlg(clean_hyps, clean_refs, None if seen is None else list(seen))
+        return score_webnlg_many(prepared)
     if task == "dart":
-        from prefixtune.metrics.dart import score_dart
+        from prefixtune.metrics.dart import score_dart_many
 
-        return score_dart(clean_hyps, clean_refs)
+        return score_dart_many([(h, r) for h, r, _ in prepared])
     from prefixtune.metrics.xsum import score_xsum
 
-    return score_xsum(clean_hyps, clean_refs)
+    return [score_xsum(h, r) for h, r, _ in prepared]
 
 
 def score_examples(task: str, hyps: Sequence[str], examples: Sequence) -> dict[str, Any]:

@@ -1,11 +1,17 @@
 """TER as tercom 0.7.25 computes it, via sacrebleu, spread over the CPU cores.
 
-sacrebleu's TER ports tercom's greedy shift search and beam edit distance (within 0.0003 of the
-jar on the official outputs) with tercom's defaults: case-insensitive, no punctuation removal, no
-normalisation; several references: fewest edits over the references divided by their average
-length.  It is pure Python and slow on long sentences (minutes for WebNLG's 7-triple texts on one
-core), so segments are scored in interleaved chunks on a process pool; each chunk returns
-(edits, reference length) sums, which add up exactly to the corpus and to any subsets.
+What tercom does (``java -jar tercom.7.25.jar -h hyp -r ref``, the WebNLG and DART scorers'
+call): each line ends in ``(id)``; references with the same id belong to one segment; no
+normalisation, punctuation kept, case-insensitive (no ``-s``); per segment the fewest edits
+(greedy shifts, then the beam edit distance) over its references, and the reference length is
+the AVERAGE length of all its references, an empty one included; the corpus score ("Total TER")
+is the sum of edits divided by the sum of those average lengths.
+
+sacrebleu's TER ports the shift search and edit distance with those defaults.  It is pure Python
+and slow on long sentences (minutes for WebNLG's 7-triple texts on one core), so segments are
+scored in interleaved chunks on a process pool; each returns per-segment (edits, reference length)
+pairs, whose sums give the corpus and any subsets (overlapping ones too: several systems, each with
+WebNLG's all / seen / unseen) exactly.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from sacrebleu.metrics import TER
 CHUNKS_PER_WORKER = 6
 
 
-def _ter_sums(hyps: list[str], refs: list[list[str | None]]) -> tuple[float, float]:
-    width = max(len(r) for r in refs)
-    streams = [[r[j] if j < len(r) else None for r in refs] for j in range(width)]
-    result = TER().corpus_score(hyps, streams)
-    return float(result.num_edits), float(result.ref_length)
+def _ter_stats(hyps: list[str], refs: list[list[str | None]]) -> list[tuple[float, float]]:
+    metric = TER()
+    out = []
+    for hyp, seg in zip(hyps, refs, strict=True):
+        present = [r for r in seg if r is not None]
+        result = metric.sentence_score(hyp, present)
+        out.append((float(result.num_edits), float(result.ref_length)))
+    return out
 
 
 def corpus_ter(
@@ -33,46 +42,38 @@ def corpus_ter(
     groups: Mapping[str, Sequence[int]] | None = None,
     workers: int | None = None,
 ) -> dict[str, float | None]:
-    """TER on 0-1 for ``"all"`` and for each named group of segment indices.
+    """TER on 0-1 for ``"all"`` and for each named group of segment indices (groups may overlap).
 
     ``None`` in a segment's references means "no such reference" (dropped); an empty string is a
     reference of length 0 and counts in the average reference length, as in tercom.
     """
-    subsets = {name: list(idx) for name, idx in (groups or {}).items()}
     workers = workers or min(os.cpu_count() or 1, 8)
-    # Score every segment once: the named subsets (WebNLG seen / unseen) plus what they leave
-    # out are disjoint parts; "all" adds up every part.  Overlapping subsets are scored apart.
-    seen_idx: set[int] = set()
-    parts: dict[str, list[int]] = {}
-    for name, idx in subsets.items():
-        parts[name] = idx
-        if seen_idx.isdisjoint(idx):
-            seen_idx.update(idx)
-        else:
-            raise ValueError("TER subsets must not overlap")
-    parts["\0rest"] = [i for i in range(len(hyps)) if i not in seen_idx]
-    n_chunks = max(1, workers * CHUNKS_PER_WORKER)
-    jobs: list[tuple[str, list[int]]] = []
-    for name, idx in parts.items():
-        jobs += [(name, idx[c::n_chunks]) for c in range(n_chunks) if idx[c::n_chunks]]
+    n = len(hyps)
+    n_chunks = max(1, min(n, workers * CHUNKS_PER_WORKER))
+    chunks = [list(range(c, n, n_chunks)) for c in range(n_chunks)]
+    chunks = [c for c in chunks if c]
 
     def args(chunk: list[int]) -> tuple[list[str], list[list[str | None]]]:
         return [hyps[i] for i in chunk], [list(refs[i]) for i in chunk]
 
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            sums = list(pool.map(_ter_sums, *zip(*(args(c) for _, c in jobs), strict=True)))
+            parts = list(pool.map(_ter_stats, *zip(*(args(c) for c in chunks), strict=True)))
     else:
-        sums = [_ter_sums(*args(c)) for _, c in jobs]
+        parts = [_ter_stats(*args(c)) for c in chunks]
+    stats: list[tuple[float, float]] = [(0.0, 0.0)] * n
+    for chunk, part in zip(chunks, parts, strict=True):
+        for i, pair in zip(chunk, part, strict=True):
+            stats[i] = pair
 
-    def rate(selected: list[int]) -> float | None:
+    def rate(selected: Sequence[int]) -> float | None:
         if not selected:
             return None
-        edits = sum(sums[k][0] for k in selected)
-        length = sum(sums[k][1] for k in selected)
+        edits = sum(stats[i][0] for i in selected)
+        length = sum(stats[i][1] for i in selected)
         return edits / length if length > 0 else (1.0 if edits > 0 else 0.0)
 
-    out: dict[str, float | None] = {"all": rate(list(range(len(jobs)))) if hyps else None}
-    for name in subsets:
-        out[name] = rate([k for k, (part, _) in enumerate(jobs) if part == name])
+    out: dict[str, float | None] = {"all": rate(range(n))}
+    for name, idx in (groups or {}).items():
+        out[name] = rate(list(idx))
     return out

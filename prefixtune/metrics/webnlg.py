@@ -1,12 +1,30 @@
-"""The WebNLG 2017 challenge scorer: normalised text, multi-bleu ``-lc``, METEOR 1.5, tercom.
+"""The WebNLG 2017 challenge scorer: its text preparation, multi-bleu ``-lc``, METEOR 1.5, tercom.
 
-* Hypotheses and references go through the challenge normalisation (``webnlg_text.py``).
-* BLEU: ``multi-bleu.perl -lc`` on the normalised text (sacrebleu, no tokenizer, lower-cased).
-* METEOR 1.5 ``-l en -norm -r 3``; TER: tercom, case-insensitive.
-* Each is reported over all outputs and over the seen / unseen categories (the caller's flags).
+What the official scripts do (``webnlg-automatic-evaluation``: ``evaluation.py``,
+``bleu_eval_3ref.sh``, ``meteor_eval.sh``, ``ter_eval.sh``; run by the DART repository's
+``run_eval_on_webnlg.sh``), and what we do for each step:
 
-References: the first ``MAX_REFS`` of each entry, in file order.  See ``MAX_REFS`` for why it is
-not 3.  Scales: BLEU 0-100, METEOR and TER 0-1.
+* Text: outputs and references go through the challenge preparation (``webnlg_text.py``; the two
+  sides differ in the order of unidecode and the punctuation split).
+* References: the ``<lex>`` texts of each entry in file order; every metric uses the FIRST THREE.
+  ``bleu_ref_files_gen`` writes one file per reference position with a blank line where an entry
+  has fewer, and ``bleu_eval_3ref.sh`` passes files 0, 1 and 2 only (the 17 test entries with 4-8
+  texts lose the rest); the METEOR file holds three lines per entry, blank-padded
+  (``meteor_3ref_files_gen``); the tercom file lists at most three, unpadded.
+* BLEU: ``multi-bleu.perl -lc ref0 ref1 ref2``.  A blank line is an empty reference: its length
+  0 takes part in the closest-reference-length choice (an output of 1-3 words next to an entry
+  with 1-2 texts gets a shorter effective reference).  So the references go to sacrebleu
+  (untokenized, lower-cased) padded with ``""`` to three; ``None`` would drop them.
+* METEOR 1.5 ``-l en -norm -r 3`` on the blank-padded triples: the jar scores each of the three
+  and keeps the best, so blank references are passed too, in the same positions.
+* TER: tercom on the (at most three) non-blank references; see ``ter.py``.
+* seen / unseen: the subsets of the 10 training categories and of the 5 others, scored apart
+  (``old-cat`` / ``new-cat`` files); the caller's flags say which is which.
+
+An earlier version kept five references and dropped blank ones: that fitted the nine printed
+scores of one system (the BART file in ../shared/data/scoring) with our then NFKD-based text
+preparation, and was 0.05-0.07 BLEU off for a rule-based system; with the real preparation the
+official three-reference rule reproduces both.  Scales: BLEU 0-100, METEOR and TER 0-1.
 """
 
 from __future__ import annotations
@@ -16,12 +34,22 @@ from collections.abc import Sequence
 from prefixtune.metrics.bleu import corpus_bleu
 from prefixtune.metrics.meteor import meteor
 from prefixtune.metrics.ter import corpus_ter
-from prefixtune.metrics.webnlg_text import normalise
+from prefixtune.metrics.webnlg_text import normalise_output, normalise_reference
 
-# The challenge files hold three references per entry for METEOR (-r 3) and tercom, but the
-# official BLEU and METEOR of the seen categories are only reproduced with more of the (at most
-# 8) references of the 17 test entries that have over 3; 5 reproduces all nine printed scores.
-MAX_REFS = 5
+# The challenge scripts use three references per entry for every metric (see above).
+MAX_REFS = 3
+
+
+def prepare(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """Outputs and the first three references, prepared; references padded with ``""`` to 3."""
+    norm_hyps = [normalise_output(h) for h in hyps]
+    norm_refs = [
+        ([normalise_reference(r) for r in seg[:MAX_REFS]] + [""] * MAX_REFS)[:MAX_REFS]
+        for seg in refs
+    ]
+    return norm_hyps, norm_refs
 
 
 def score_webnlg(
@@ -29,27 +57,48 @@ def score_webnlg(
     refs: Sequence[Sequence[str]],
     seen: Sequence[bool] | None = None,
 ) -> dict[str, dict[str, float | None] | None]:
-    norm_hyps = [normalise(h) for h in hyps]
-    norm_refs = [[normalise(r) for r in seg[:MAX_REFS]] for seg in refs]
-    groups: dict[str, list[int]] = {}
-    if seen is not None:
-        groups["seen"] = [i for i, s in enumerate(seen) if s]
-        groups["unseen"] = [i for i, s in enumerate(seen) if not s]
+    return score_webnlg_many([(hyps, refs, seen)])[0]
 
-    met = meteor(norm_hyps, norm_refs, normalize=True, subsets=groups)
-    ter = corpus_ter(norm_hyps, norm_refs, groups=groups)
-    out: dict[str, dict[str, float | None] | None] = {}
-    for name, idx in {"all": list(range(len(hyps))), **groups}.items():
-        if not idx:
-            out[name] = {"bleu": None, "meteor": None, "ter": None}
-            continue
-        bleu = corpus_bleu(
-            [norm_hyps[i] for i in idx],
-            [norm_refs[i] for i in idx],
-            tokenize="none",
-            lowercase=True,
-        )
-        out[name] = {"bleu": bleu, "meteor": met[name], "ter": ter[name]}
-    if seen is None:
-        out["seen"] = out["unseen"] = None
-    return out
+
+def score_webnlg_many(
+    systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]], Sequence[bool] | None]],
+) -> list[dict[str, dict[str, float | None] | None]]:
+    """Several systems at once: one METEOR jar run and one TER pool for all of them."""
+    all_hyps: list[str] = []
+    all_refs: list[list[str]] = []
+    groups: dict[str, list[int]] = {}
+    spans = []
+    for k, (hyps, refs, seen) in enumerate(systems):
+        norm_hyps, norm_refs = prepare(hyps, refs)
+        start = len(all_hyps)
+        all_hyps += norm_hyps
+        all_refs += norm_refs
+        parts = {"all": list(range(start, len(all_hyps)))}
+        if seen is not None:
+            parts["seen"] = [start + i for i, s in enumerate(seen) if s]
+            parts["unseen"] = [start + i for i, s in enumerate(seen) if not s]
+        for name, idx in parts.items():
+            groups[f"{k}/{name}"] = idx
+        spans.append((parts, seen is not None))
+
+    met = meteor(all_hyps, all_refs, normalize=True, subsets=groups)
+    present = [[r if r else None for r in seg] for seg in all_refs]
+    ter = corpus_ter(all_hyps, present, groups=groups)
+    results = []
+    for k, (parts, has_seen) in enumerate(spans):
+        out: dict[str, dict[str, float | None] | None] = {}
+        for name, idx in parts.items():
+            if not idx:
+                out[name] = {"bleu": None, "meteor": None, "ter": None}
+                continue
+            bleu = corpus_bleu(
+                [all_hyps[i] for i in idx],
+                [all_refs[i] for i in idx],
+                tokenize="none",
+                lowercase=True,
+            )
+            out[name] = {"bleu": bleu, "meteor": met[f"{k}/{name}"], "ter": ter[f"{k}/{name}"]}
+        if not has_seen:
+            out["seen"] = out["unseen"] = None
+        results.append(out)
+    return results

@@ -19,9 +19,32 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .architecture import Slot
+from .architecture import Call, Slot
 
 ATTN_IMPLEMENTATION = "prefixtune_sdpa"
+
+# Keyword arguments of an attention call that this function honours or that change nothing
+# here (SDPA reads the mask, not `sliding_window`; positions are already in the keys). Any other
+# argument with a value (Gemma-2's `softcap`, gpt-oss's sink logits `s_aux`, ...) changes the
+# attention in a way SDPA over [P; K] would silently drop, so the probe pass refuses the family.
+_HONOURED = frozenset(
+    {
+        "dropout",
+        "scaling",
+        "is_causal",
+        "position_bias",
+        "sliding_window",
+        "position_ids",
+        "cache_position",
+        "output_attentions",
+        "use_cache",
+        "layer_idx",
+        "cache",
+        "past_key_values",
+        "head_mask",
+    }
+)
+_recorder: list[Call] | None = None  # set by wiring's probe pass: who calls this function
 
 
 @dataclass
@@ -150,6 +173,9 @@ def prefix_attention(
     scaling: float | None = None,
     **kwargs,
 ):
+    if _recorder is not None:
+        extra = tuple(sorted(k for k, v in kwargs.items() if v is not None and k not in _HONOURED))
+        _recorder.append(Call(module, key.shape[2], extra))
     hook = getattr(module, "_prefixtune", None)
     if hook is not None:
         state, slot = hook
@@ -162,6 +188,7 @@ def prefix_attention(
             batch, q_len = query.shape[0], query.shape[2]
             length = active.kv[slot.kind].shape[4]
             on_cpu = _cpu_kernels(query)
+            bias = kwargs.pop("position_bias", None)
             if slot.kind in active.cached:  # generate()'s cache stores P in front of K
                 kv_len = key.shape[2] - length
             else:
@@ -169,13 +196,15 @@ def prefix_attention(
                 prefix_key, prefix_value = active.key_values(slot, batch)
                 key = torch.cat([prefix_key.to(key.dtype), key], dim=2)
                 value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
-            plain = active.key_mask is None and active.infix_start is None
+            plain = active.key_mask is None and active.infix_start is None and bias is None
             if not on_cpu and plain and attention_mask is None and causal and q_len == kv_len:
                 return _prepend_queries(module, query, key, value, dropout, scaling, kwargs)
             attention_mask = active.mask(
                 slot, attention_mask, batch, q_len, kv_len, length, causal, query.device
             )
-            if on_cpu and q_len > 1:
+            if bias is not None:
+                attention_mask = _with_position_bias(attention_mask, bias, kv_len, length, key)
+            if bias is not None or (on_cpu and q_len > 1):
                 # PyTorch's CPU kernel takes a mask and grouped heads at once; transformers
                 # would repeat the key/value heads whenever a mask is given (for one query it
                 # packs the heads instead, which is as fast)
@@ -193,6 +222,32 @@ def prefix_attention(
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
+
+
+def _with_position_bias(
+    mask: torch.Tensor | None, bias: torch.Tensor, kv_len: int, length: int, key: torch.Tensor
+) -> torch.Tensor:
+    """T5's relative position bias for the real columns, none (zero) for the prefix columns, and
+    the mask, as one additive float mask.
+
+    The prefix columns get no bias: T5's bias is a function of the distance between a query's
+    position and a key's position, and a prefix column has no position (it is not a token of the
+    sequence). The paper's encoder-decoder is BART, whose positions are absolute and added to the
+    token embeddings only, so its prefix columns get no position information either; zero bias
+    is the same choice for T5. The real columns keep exactly the bias they had without a prefix.
+    Where generate()'s cache stores [P; K], T5 computed the bias over L + T key positions as if
+    P were the first L of them; the real key at index r has bias column r (its distance to the
+    query counts real tokens only, since the cache reports real tokens as its length), so the
+    first T columns are the real keys' bias."""
+    bias = bias[..., :kv_len]
+    zero = bias.new_zeros(*bias.shape[:-1], length)
+    bias = torch.cat([zero, bias], dim=-1).to(key.dtype)
+    if mask is None:
+        return bias
+    if mask.dtype == torch.bool:
+        low = torch.finfo(key.dtype).min
+        return torch.where(mask, bias, torch.full((), low, dtype=key.dtype, device=key.device))
+    return bias + mask
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, prefix_attention)

@@ -142,6 +142,44 @@ class PrefixConfig:
         return cls(**d)
 
 
+# Families the prefix cannot enter, and why (found by wrapping a tiny random model of every
+# causal-LM family of transformers 5.24: tests/test_prefix_families.py). The probe pass in
+# wiring.py refuses the other layouts it cannot handle (no attention-function registry, layers
+# without attention, split attention, arguments SDPA cannot honour) with a reason of its own;
+# this table gives the reason where it knows better, before any model is run.
+_STATE_SPACE = "a recurrent / state-space model: it has no attention keys/values for a prefix"
+_OWN_POSITIONS = (
+    "as a causal LM its decoder numbers positions itself and ignores position_ids, so neither "
+    "the prefix's position shift nor left-padded prompts can be given (its encoder-decoder "
+    "model is supported)"
+)
+UNSUPPORTED_FAMILIES: dict[str, str] = {
+    "mamba": _STATE_SPACE,
+    "mamba2": _STATE_SPACE,
+    "falcon_mamba": _STATE_SPACE,
+    "rwkv": _STATE_SPACE,
+    "xlstm": _STATE_SPACE,
+    "recurrent_gemma": "a hybrid of recurrent blocks and local attention: the recurrent blocks "
+    "have no keys/values for a prefix",
+}
+# Refused only as decoder-only LMs (model_type is shared with a supported encoder-decoder).
+UNSUPPORTED_DECODER_ONLY: dict[str, str] = {
+    name: _OWN_POSITIONS
+    for name in ("bart", "blenderbot", "blenderbot-small", "marian", "mbart", "pegasus", "plbart")
+}
+
+
+def check_family(model_type: str, is_encoder_decoder: bool = False) -> None:
+    """A one-line PrefixError naming `model_type` and the reason where the family is known not
+    to work with prefixes (UNSUPPORTED_FAMILIES, and UNSUPPORTED_DECODER_ONLY for a model that
+    is not an encoder-decoder)."""
+    reason = UNSUPPORTED_FAMILIES.get(model_type)
+    if reason is None and not is_encoder_decoder:
+        reason = UNSUPPORTED_DECODER_ONLY.get(model_type)
+    if reason is not None:
+        raise PrefixError(f"model type {model_type!r} is not supported: {reason}")
+
+
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

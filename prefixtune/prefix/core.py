@@ -66,6 +66,7 @@ class PrefixCore(nn.Module):
         self.stored: dict[str, StoredPrefix] = {}
         self._wiring = attach(base, self.state)  # refuses a base already wrapped
         self.slots = self._wiring.slots
+        self._position_offset = _position_offset(base)
         try:
             self.kinds = kinds_of(base)
             self.shapes = kv_shapes(self._wiring)  # kind -> (layers, kv_heads, head_dim)
@@ -227,14 +228,17 @@ class PrefixCore(nn.Module):
         finally:
             self.state.active = None
 
-    @staticmethod
     def _positions(
-        attention_mask: torch.Tensor, lengths: torch.Tensor, infix_start: torch.Tensor | None
+        self,
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor,
+        infix_start: torch.Tensor | None,
     ) -> torch.Tensor:
         """Real tokens take positions L, L+1, ... as if P were real past tokens (as in the paper's
         code and PEFT); with an infix only the tokens after it are shifted. Left padding is skipped.
+        RoBERTa-style models count from padding_idx + 1 (_position_offset).
         """
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0) + self._position_offset
         shift = lengths[:, None].expand_as(positions)
         if infix_start is not None:
             index = torch.arange(positions.shape[1], device=positions.device)
@@ -343,6 +347,18 @@ def _checked(config: PrefixConfig, base: nn.Module) -> PrefixConfig:
     config.validate()
     config.check_model(is_encoder_decoder(base), base.config.model_type)
     return config
+
+
+def _position_offset(base: nn.Module) -> int:
+    """Where the model's own position ids start: RoBERTa and the models built like it (XLM-R,
+    CamemBERT, ...) number real tokens from padding_idx + 1, reserving the positions up to the
+    padding index; explicit position_ids must do the same. Every other family starts at 0."""
+    for module in base.modules():
+        if hasattr(module, "create_position_ids_from_input_ids") and isinstance(
+            getattr(module, "padding_idx", None), int
+        ):
+            return module.padding_idx + 1
+    return 0
 
 
 def _cache(kwargs: dict):

@@ -44,13 +44,20 @@ so, rarely, flip a near-tie between two beams. Verified in tests/test_decoding.p
 PrefixModel.generate token for token on tiny GPT-2, Llama (grouped-query attention) and BART
 with mixed prefixes, infix and embedding-only prefixes, and on the real SmolLM2-135M with E2E
 inputs; scripts/bench_eval.py compares whole evaluation runs.
+
+The pool is also a step-able object (`Pool`) for a server (prefixtune/serve/): inputs are added
+while it runs (`add`, with their own prefix, and for one beam their own token limit and
+`Sampling`), `step` runs one forward and returns the inputs done, `cancel` frees an input's
+rows, and a `watch` callback sees every one-beam input's new token each step (streaming, stop
+strings). Its cache grows when a wider input arrives. beam_search is that pool given all its
+inputs at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +68,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from .architecture import CROSS, DECODER, SELF
 from .attention import ActiveBatch
 from .config import PrefixError, PrefixMode
-from .decoding_beams import Beams, Search
+from .decoding_beams import Beams, Sampling, Search
 from .decoding_cache import RowCache
 from .model import DEFAULT, PrefixModel
 
@@ -71,6 +78,7 @@ from .model import DEFAULT, PrefixModel
 # GPU wants far more rows (thousands) for its GEMMs to fill: pass max_rows.
 DEFAULT_MAX_ROWS = 400
 JOIN_FRACTION = 8  # queued inputs join once this fraction of the pool is free
+NO_PREFIX = "<no prefix>"  # Pool.add's name for a row with no prefix at all (the base model)
 
 # Generation-config settings that add logits processors beam_search does not apply, with the
 # values that add none.
@@ -126,7 +134,7 @@ def beam_search(
     max_new_tokens has max_new_tokens tokens. Padding is never included. The model runs in the
     mode it is in (eval() for deterministic outputs).
     """
-    search, pad, start = _settings(
+    search, pad, start = search_settings(
         model,
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
@@ -149,12 +157,21 @@ def beam_search(
             raise PrefixError(f"got {len(names)} prefix names for {len(inputs)} inputs")
     if not inputs:
         return []
-    rows = [[int(t) for t in ids] for ids in inputs]
-    pool = _Pool(model, search, rows, names, max_rows, pad, start)
-    return pool.run(progress)
+    capacity = min(max_rows // num_beams, len(inputs))
+    pool = Pool(model, search, pad=pad, start=start, capacity=capacity, max_rows=max_rows)
+    for i, (ids, name) in enumerate(zip(inputs, names, strict=True)):
+        pool.add(i, [int(t) for t in ids], name)
+    pool.sort_queue()
+    results: list[list[int]] = [[] for _ in inputs]
+    while pool:
+        for i, tokens in pool.step():
+            results[i] = tokens
+            if progress is not None:
+                progress(i)
+    return results
 
 
-def _settings(
+def search_settings(
     model: PrefixModel,
     *,
     num_beams,
@@ -218,15 +235,28 @@ def _settings(
 
 
 class _Prefixes:
-    """The keys/values of every prefix a call uses, computed once (PrefixModel._entry)."""
+    """The keys/values of every prefix a pool uses, computed once each (PrefixModel._entry)."""
 
-    def __init__(self, model: PrefixModel, names: list[str]) -> None:
-        self.kinds = model.kinds
+    def __init__(self, model: PrefixModel) -> None:
+        self.model, self.kinds = model, model.kinds
         self.kv, self.length, self.infix = {}, {}, {}
-        for name in dict.fromkeys(names):
-            config, kv = model._entry(name)
-            self.kv[name], self.length[name] = kv, config.length
-            self.infix[name] = config.mode == PrefixMode.infix
+
+    def add(self, name: str) -> None:
+        if name in self.kv:
+            return
+        if name == NO_PREFIX:  # zero columns: the model's own prefix's keys/values, none kept
+            _, kv = self.model._entry(DEFAULT)
+            self.kv[name] = {kind: t[..., :0, :] for kind, t in kv.items()}
+            self.length[name], self.infix[name] = 0, False
+            return
+        config, kv = self.model._entry(name)
+        self.kv[name], self.length[name] = kv, config.length
+        self.infix[name] = config.mode == PrefixMode.infix
+
+    def forget(self, name: str) -> None:
+        """Drop a prefix's keys/values (rows already prefilled keep theirs in the cache)."""
+        for table in (self.kv, self.length, self.infix):
+            table.pop(name, None)
 
     def active(self, names: list[str], device: torch.device) -> ActiveBatch:
         """The prefixes of a group of rows as PrefixModel._batch lays them out: one shared row,
@@ -270,27 +300,40 @@ def _row_cells(
     return both[torch.arange(rows, device=both.device)[:, None], index]
 
 
-class _Pool:
-    """The inputs being decoded, their rows' caches and search state (see the module doc)."""
+class Pool:
+    """The inputs being decoded, their rows' caches and search state (see the module doc).
+
+    Inputs are keyed by any hashable the caller picks. capacity: inputs in the pool at once
+    (capacity x num_beams rows); max_rows sizes the prefill forwards. watch (one beam only):
+    called after every step with (key, new token) for each input in the pool; it returns the
+    keys to finish now (their tokens so far are their result)."""
 
     def __init__(
         self,
         model: PrefixModel,
         search: Search,
-        inputs: list[list[int]],
-        names: list[str],
-        max_rows: int,
+        *,
         pad: int,
         start: int | None,
+        capacity: int,
+        max_rows: int,
+        watch: Callable[[list[tuple[Hashable, int]]], set] | None = None,
     ) -> None:
+        if watch is not None and search.num_beams != 1:
+            raise PrefixError("a pool watches new tokens only with num_beams=1")
         self.model, self.base = model, model.base
-        self.inputs, self.names, self.pad, self.start = inputs, names, pad, start
+        self.search, self.pad, self.start, self.watch = search, pad, start, watch
+        self.inputs: dict[Hashable, list[int]] = {}
+        self.names: dict[Hashable, str] = {}
+        self.limits: dict[Hashable, int] = {}  # inputs that stop before search.max_new_tokens
+        self.sampling: dict[Hashable, Sampling] = {}
+        self.cancelled: set[Hashable] = set()
         self.device = model.device
         self.beams_per_input = search.num_beams
         self.encoder_decoder = model.is_encoder_decoder
-        self.prefixes = _Prefixes(model, names)
+        self.prefixes = _Prefixes(model)
         self.beams = Beams(search, self.device)
-        self.capacity = min(max_rows // search.num_beams, len(inputs))  # inputs in the pool
+        self.capacity = capacity
         self.prefill_tokens = 2 * max_rows  # padded prompt tokens per prefill forward
         own = DECODER if self.encoder_decoder else SELF
         self.cache = RowCache(model.shapes[own][0])
@@ -300,15 +343,10 @@ class _Pool:
             self.both.is_updated = {i: True for i in range(len(self.cross.layers))}
             hidden = self.base.get_input_embeddings().embedding_dim
             self.no_encoder = self.base.get_input_embeddings().weight.new_zeros(1, 1, hidden)
-        self.queue = deque(sorted(range(len(inputs)), key=lambda i: -self._cached_length(i)))
-        # the widest row of the call (its last generated token is never fed back), and the
-        # widest cross-attention row: the buffers' widths
-        longest = self._cached_length(self.queue[0])  # prefix + prompt, or + encoder input
-        shared = longest
-        if self.encoder_decoder:  # the decoder's: its prefix + the start token
-            shared = max(self.prefixes.length[name] for name in names) + 1
-        self.widest, self.widest_cross = shared + search.max_new_tokens, longest
-        self.results: list[list[int] | None] = [None] * len(inputs)
+        self.queue: deque[Hashable] = deque()
+        # the widest row of the inputs added (its last generated token is never fed back), and
+        # the widest cross-attention row: the buffers' widths
+        self.widest = self.widest_cross = 0
         # per slot (input in the pool), in pool order: the input, its shared columns (prefix +
         # prompt, or decoder prefix + start token), the generated tokens already in the cache,
         # and (encoder-decoder) its cross-attention columns
@@ -317,21 +355,79 @@ class _Pool:
         self.fed: list[int] = []
         self.crossed: list[int] = []
 
-    def _cached_length(self, i: int) -> int:
+    def _cached_length(self, i: Hashable) -> int:
         return self.prefixes.length[self.names[i]] + len(self.inputs[i])
 
-    def run(self, progress: Callable[[int], None] | None) -> list[list[int]]:
+    def __bool__(self) -> bool:
+        return bool(self.queue or self.slots)
+
+    def add(
+        self,
+        key: Hashable,
+        ids: list[int],
+        name: str,
+        *,
+        max_new_tokens: int | None = None,
+        sampling: Sampling | None = None,
+    ) -> None:
+        """Queue an input (unpadded token ids) with its prefix name (NO_PREFIX: none); for one
+        beam, its own token limit (at most the search's) and sampling (None: greedy)."""
+        if not ids:
+            raise PrefixError("the pool got an empty input")
+        if key in self.inputs:
+            raise PrefixError(f"the pool already has an input {key!r}")
+        limit = self.search.max_new_tokens
+        if self.beams_per_input > 1 and (max_new_tokens is not None or sampling is not None):
+            raise PrefixError("per-input token limits and sampling need num_beams=1")
+        if max_new_tokens is not None and max_new_tokens < limit:
+            limit = self.limits[key] = max(1, max_new_tokens)
+        if sampling is not None:
+            self.sampling[key] = sampling
+        self.prefixes.add(name)
+        self.inputs[key], self.names[key] = ids, name
+        cached = self._cached_length(key)  # prefix + prompt, or + encoder input
+        if self.encoder_decoder:  # the decoder's row: its prefix + the start token
+            self.widest = max(self.widest, self.prefixes.length[name] + 1 + limit)
+            self.widest_cross = max(self.widest_cross, cached)
+        else:
+            self.widest = max(self.widest, cached + limit)
+        self.queue.append(key)
+
+    def sort_queue(self) -> None:
+        """Longest cached length first (beam_search's order: the widest prefills first)."""
+        self.queue = deque(sorted(self.queue, key=lambda i: -self._cached_length(i)))
+
+    def cancel(self, key: Hashable) -> None:
+        """Drop an input: at once if queued, at the next step's end if in the pool."""
+        if key in self.queue:
+            self.queue.remove(key)
+            self._forget(key)
+        elif key in self.inputs:
+            self.cancelled.add(key)
+
+    def forget_prefix(self, name: str) -> None:
+        """Drop a prefix's keys/values; queued inputs using it must have been cancelled."""
+        self.prefixes.forget(name)
+
+    def _forget(self, key: Hashable) -> None:
+        for table in (self.inputs, self.names, self.limits, self.sampling):
+            table.pop(key, None)
+        self.cancelled.discard(key)
+
+    def step(self) -> list[tuple[Hashable, list[int]]]:
+        """One forward of the pool (decoding its rows, prefilling joiners) and one search step;
+        returns the inputs done, with their new tokens (cancelled ones are not returned)."""
         beams = self.beams_per_input
-        while self.queue or self.slots:
-            logits = []
-            if self.slots:
-                logits.append(self._decode())
-            if self._room():
-                new = self._join()
-                logits.append(new[:, None].expand(-1, beams, -1))
-            source, done = self.beams.advance(torch.cat(logits) if len(logits) > 1 else logits[0])
-            self._settle(source, done, progress)
-        return self.results
+        logits = []
+        if self.slots:
+            logits.append(self._decode())
+        if self._room():
+            new = self._join()
+            logits.append(new[:, None].expand(-1, beams, -1))
+        if not logits:
+            return []
+        source, done = self.beams.advance(torch.cat(logits) if len(logits) > 1 else logits[0])
+        return self._settle(source, done)
 
     # ------------------------------------------------------------------ joining
     def _room(self) -> bool:
@@ -344,16 +440,18 @@ class _Pool:
         """Prefill queued inputs into the free slots; returns their first logits (inputs, V)."""
         free = self.capacity - len(self.slots)
         group = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
+        group.sort(key=lambda i: -self._cached_length(i))  # stable: beam_search's is sorted
+        sampling = [self.sampling.get(i) for i in group]
         logits = []
         while group:
             width = len(self.inputs[group[0]])  # the longest (the queue is sorted)
             size = max(1, min(len(group), self.prefill_tokens // width))
             chunk, group = group[:size], group[size:]
             logits.append(self._prefill(chunk))
-        self.beams.join(sum(len(x) for x in logits))
+        self.beams.join(sum(len(x) for x in logits), sampling)
         return torch.cat(logits)
 
-    def _prefill(self, chunk: list[int]) -> torch.Tensor:
+    def _prefill(self, chunk: list[Hashable]) -> torch.Tensor:
         model, device = self.model, self.device
         seqs = [self.inputs[i] for i in chunk]
         names = [self.names[i] for i in chunk]
@@ -412,11 +510,13 @@ class _Pool:
         into their rows, after the rows already in the pool, one layer at a time (the first
         write allocates the rows for the whole call, as wide as its widest row)."""
         first = len(self.slots) * self.beams_per_input
+        columns = self.widest_cross if rows is self.cross else self.widest
         for i, (kv, layer) in enumerate(zip(prefix, filled.layers, strict=True)):
             cells = _row_cells(kv, torch.stack((layer.keys, layer.values), dim=1), lengths, spans)
             if not rows.allocated:
-                columns = self.widest_cross if rows is self.cross else self.widest
                 rows.allocate(self.capacity * self.beams_per_input, columns, cells)
+            elif i == 0 and rows.columns_held < columns:  # a wider input than any before
+                rows.widen(columns)
             rows.write(i, first, self.beams_per_input, cells)
 
     # ------------------------------------------------------------------ decoding
@@ -482,17 +582,30 @@ class _Pool:
                 hook.remove()
 
     # ------------------------------------------------------------------ leaving
-    def _settle(self, source: torch.Tensor, done: torch.Tensor, progress) -> None:
+    def _settle(self, source: torch.Tensor, done: torch.Tensor) -> list[tuple[Hashable, list[int]]]:
         """Collect the done inputs, move the pool's last inputs into their slots, and give each
         beam the cache of the beam it continues."""
-        host = torch.cat((done[:, None].to(source.dtype), source), dim=1).cpu()  # one sync
-        done, source = host[:, 0].bool().tolist(), host[:, 1:]
+        parts = [done[:, None].to(source.dtype), source]
+        if self.watch is not None:
+            parts.append(self.beams.last_tokens()[:, None])
+        host = torch.cat(parts, dim=1).cpu()  # one sync
+        done, source = host[:, 0].bool().tolist(), host[:, 1 : 1 + self.beams_per_input]
+        if self.watch is not None:
+            stop = self.watch(list(zip(self.slots, host[:, -1].tolist(), strict=True)))
+            done = [d or key in stop for d, key in zip(done, self.slots, strict=True)]
+        if self.limits or self.cancelled:  # a row's tokens so far: the ones fed back, + 1
+            done = [
+                d or key in self.cancelled or fed + 1 >= self.limits.get(key, fed + 2)
+                for d, key, fed in zip(done, self.slots, self.fed, strict=True)
+            ]
         finished = [slot for slot, d in enumerate(done) if d]
+        results = []
         if finished:
             for slot, tokens in zip(finished, self.beams.result(finished), strict=True):
-                self.results[self.slots[slot]] = tokens
-                if progress is not None:
-                    progress(self.slots[slot])
+                key = self.slots[slot]
+                if key not in self.cancelled:
+                    results.append((key, tokens))
+                self._forget(key)
         kept = len(done) - len(finished)
         tail = [slot for slot in range(kept, len(done)) if not done[slot]]
         order = [slot if not done[slot] else tail.pop() for slot in range(kept)]
@@ -502,7 +615,8 @@ class _Pool:
             if values:
                 setattr(self, name, [values[slot] for slot in order])
         if order != list(range(len(done))):
-            self.beams.select(torch.tensor(order, dtype=torch.long, device=self.device))
+            self.beams.select(torch.tensor(order, dtype=torch.long, device=self.device), order)
+        return results
 
     def _move(self, order: list[int], source: torch.Tensor) -> None:
         """Cell copies for the new layout: slot s continues old slot order[s]; its beam j

@@ -18,7 +18,10 @@ a done input in the batch until every input is done, but masks it so that it no 
 here it leaves at once, with the same result.
 
 num_beams=1 is transformers' greedy search instead (generate() does not run beam search for one
-beam): argmax of the processed logits (no log_softmax), done at eos or max length.
+beam): argmax of the processed logits (no log_softmax), done at eos or max length. An input
+given a `Sampling` (the server's) draws its token instead, as transformers' sampling does
+(logits / temperature, then top-p, softmax, multinomial) but from its own torch.Generator, so
+that its tokens depend on its seed and its own logits only, not on what shares the pool.
 
 Logits processors: min_new_tokens (eos masked while fewer tokens are generated), and the
 generation config's forced_bos_token_id (encoder-decoder, first token) and forced_eos_token_id
@@ -48,6 +51,29 @@ class Search:
     eos: tuple[int, ...]
     forced_bos: tuple[int, ...] = ()  # encoder-decoder only: forces the first generated token
     forced_eos: tuple[int, ...] = ()  # forces the token at max length (one of these: all get 0)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One input's sampling: temperature > 0, 0 < top_p <= 1, and its own generator (on the
+    model's device), which only this input's draws advance."""
+
+    temperature: float
+    top_p: float
+    generator: torch.Generator
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token from (vocab,) processed logits (transformers' TemperatureLogitsWarper and
+        TopPLogitsWarper, then softmax and multinomial)."""
+        scores = logits / self.temperature
+        if self.top_p < 1.0:
+            ordered, index = torch.sort(scores, descending=False)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            remove = cumulative <= (1 - self.top_p)
+            remove[-1:] = False  # keep at least one token
+            scores = scores.masked_fill(remove.scatter(0, index, remove), -math.inf)
+        probs = F.softmax(scores, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[0]
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -81,6 +107,7 @@ class Beams:
         self._divide = device.type != "cuda"
         self._penalty = (penalty if self._divide else torch.reciprocal(penalty)).to(device)
         self.steps = torch.zeros(0, dtype=torch.long, device=device)  # tokens generated so far
+        self.sampling: list[Sampling | None] = []  # per slot (one beam only)
         self.tokens = torch.zeros(0, beams, steps, dtype=torch.long, device=device)  # running
         self.scores = torch.zeros(0, beams, device=device)
         if not self.greedy:
@@ -98,7 +125,8 @@ class Beams:
         return scores / factor if self._divide else scores * factor
 
     # ------------------------------------------------------------------ slots
-    def join(self, inputs: int) -> None:
+    def join(self, inputs: int, sampling: list[Sampling | None] | None = None) -> None:
+        self.sampling += sampling or [None] * inputs
         beams, steps = self.search.num_beams, self.search.max_new_tokens
         scores = torch.zeros(inputs, beams, device=self.device)
         scores[:, 1:] = LOW  # only the first beam continues at step 0 (all beams are equal)
@@ -112,8 +140,10 @@ class Beams:
             self.best_lengths = torch.cat([self.best_lengths, self.steps.new_zeros(inputs, beams)])
             self.open = torch.cat([self.open, self.open.new_ones(inputs, 1)])
 
-    def select(self, slots: torch.Tensor) -> None:
-        """Keep these slots, in this order."""
+    def select(self, slots: torch.Tensor, order: list[int] | None = None) -> None:
+        """Keep these slots, in this order (`order`: the same on the host)."""
+        order = slots.tolist() if order is None else order
+        self.sampling = [self.sampling[slot] for slot in order]
         names = ["steps", "tokens", "scores"]
         if not self.greedy:
             names += ["best_tokens", "best_scores", "best_done", "best_lengths", "open"]
@@ -213,6 +243,9 @@ class Beams:
         logits = logits.clone()  # processed in place; new inputs' rows may be views
         self._process(logits)
         token = torch.argmax(logits[:, 0], dim=-1)
+        for slot, sampling in enumerate(self.sampling):
+            if sampling is not None:
+                token[slot] = sampling.draw(logits[slot, 0])
         at = self.steps[:, None, None]
         self.tokens.scatter_(2, at, token[:, None, None])
         self.steps = self.steps + 1

@@ -86,6 +86,15 @@ class RowCache(Cache):
             layer.buffer = torch.zeros(shape, dtype=like.dtype, device=like.device)
         self._arange = torch.arange(rows, device=like.device)
 
+    def widen(self, columns: int) -> None:
+        """Grow every row to `columns` columns (rounded up to 32), keeping its cells: for a pool
+        whose inputs arrive over time (a server), when one is wider than any before."""
+        columns = -(-columns // 32) * 32
+        for layer in self.layers:
+            old = layer.buffer
+            layer.buffer = old.new_zeros(old.shape[0], columns, *old.shape[2:])
+            layer.buffer[:, : old.shape[1]] = old
+
     def prepare(self, rows: int, width: int, columns: torch.Tensor | None = None) -> None:
         """Set the views for the next forward: `rows` rows, `width` columns, and the column each
         row writes its new token to (None for a cross-attention cache, which is only read)."""
