@@ -170,6 +170,7 @@ class Loop:
     dev_items: list[Encoded]
     counts: dict[str, Any]
     total_steps: int
+    step_batch: int  # examples per optimizer step: batch_size x grad_accum x processes
     steps_per_epoch: int
     eval_every: int
     ckpt_every: int
@@ -295,6 +296,7 @@ def prepare(run: Run, built: Built, saved: TrainState | None) -> Loop:
         dev_items=built.dev_items,
         counts=built.counts,
         total_steps=total_steps,
+        step_batch=step_batch,
         steps_per_epoch=steps_per_epoch,
         eval_every=eval_every,
         ckpt_every=cfg.train.checkpoint_every if cfg.train.checkpoint_every > 0 else eval_every,
@@ -368,10 +370,9 @@ def _accumulated_step(run: Run, loop: Loop) -> torch.Tensor:
     returned loss is that batch's. Processes sync gradients on the last micro-batch only."""
     cfg, accelerator, state = run.cfg, run.accelerator, loop.state
     size, accum = cfg.train.batch_size, cfg.train.grad_accum
-    step_batch = size * accum * accelerator.num_processes
     epoch, pos = divmod(state.step, loop.steps_per_epoch)
     order = _epoch_order(len(loop.train_items), cfg.seed, epoch)
-    first = pos * step_batch + accelerator.process_index * size * accum
+    first = pos * loop.step_batch + accelerator.process_index * size * accum
     batches = []
     for k in range(accum):
         chunk = [order[(first + k * size + j) % len(order)] for j in range(size)]
@@ -466,9 +467,7 @@ def write_run_info(run: Run, loop: Loop, metrics: dict[str, Any]) -> None:
             "planned_steps": loop.total_steps,
             "stopped_by": loop.stopped_by,
             "max_minutes": run.cfg.train.max_minutes or None,
-            "step_batch": run.cfg.train.batch_size
-            * run.cfg.train.grad_accum
-            * run.accelerator.num_processes,
+            "step_batch": loop.step_batch,
             "precision": str(run.cfg.train.precision),
             "model_dtype": str(run.cfg.model.dtype),
             "gradient_checkpointing": run.cfg.train.gradient_checkpointing,
