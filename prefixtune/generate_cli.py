@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with the official data (default ../shared/data)")
     p.add_argument("--output", required=True, help="output file (must not exist), or -")
     p.add_argument("--output-format", choices=("text", "jsonl"), default="text")
+    p.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="with --task: also write the per-input metric statistics (JSON, for "
+        "prefixtune-collect's significance tests) to FILE (must not exist)",
+    )
     p.add_argument("--model", help="base model preset (default: the one the prefix records)")
     p.add_argument("--num-beams", type=int, default=5)
     p.add_argument("--length-penalty", type=float, default=1.0)
@@ -212,6 +218,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--output {args.output} already exists; refusing to overwrite it")
     if args.output != "-" and not Path(args.output).absolute().parent.is_dir():
         raise UsageError(f"--output {args.output}: its folder does not exist")
+    if args.stats and not args.task:
+        raise UsageError("--stats needs --task (statistics come from scoring)")
+    if args.stats and Path(args.stats).exists():
+        raise UsageError(f"--stats {args.stats} already exists; refusing to overwrite it")
 
 
 @dataclass
@@ -324,8 +334,12 @@ def generate(args: argparse.Namespace) -> dict | None:
     if examples is None:
         return None
     from prefixtune.metrics import score_examples
+    from prefixtune.metrics.stats import write_stats
 
-    return score_examples(args.task, hyps, examples)
+    scores, stats = score_examples(args.task, hyps, examples)
+    if args.stats:
+        write_stats(args.stats, stats)
+    return scores
 
 
 def main(argv: list[str] | None = None) -> None:

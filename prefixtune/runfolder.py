@@ -68,6 +68,11 @@ def generations(split: str) -> str:
     return f"generations_{split}.txt"
 
 
+def input_stats(split: str) -> str:
+    """The file of a split's per-input metric statistics (prefixtune.metrics.stats)."""
+    return f"stats_{split}.json"
+
+
 def is_semantic(key: str) -> bool:
     """Whether a dotted config key (or an override) changes what a run computes."""
     return not key.lstrip("+~").startswith(NON_SEMANTIC_KEYS)

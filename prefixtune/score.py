@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from prefixtune.metrics import TASKS, ScoreError, score
+from prefixtune.metrics import TASKS, ScoreError, score_with_stats
 from prefixtune.metrics.nist import NIST_MODES
+from prefixtune.metrics.stats import write_stats
 
 SPLITS = ("dev", "test")
 
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="webnlg with --refs: one line per input, 'seen' or 'unseen' (also 1/0, true/false)",
+    )
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the per-input metric statistics to FILE (JSON; must not exist), what "
+        "prefixtune-collect's significance tests read (a run folder's stats_<split>.json)",
     )
     return parser
 
@@ -192,6 +201,8 @@ def run(argv: list[str] | None = None) -> dict:
         raise ScoreError("--seen-flags only applies to --task webnlg")
     if args.nist_mode != "python" and args.task != "e2e":
         raise ScoreError("--nist-mode only applies to --task e2e")
+    if args.stats is not None and args.stats.exists():
+        raise ScoreError(f"--stats {args.stats} already exists; refusing to overwrite it")
     hyps = read_lines(args.hyps)
     refs, seen = load_references(args, len(hyps))
     if len(hyps) != len(refs):
@@ -206,7 +217,10 @@ def run(argv: list[str] | None = None) -> dict:
             f"{empty[0]}) scored as empty outputs",
             file=sys.stderr,
         )
-    return score(args.task, hyps, refs, seen=seen, nist_mode=args.nist_mode)
+    scores, stats = score_with_stats(args.task, hyps, refs, seen=seen, nist_mode=args.nist_mode)
+    if args.stats is not None:
+        write_stats(args.stats, stats)
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from prefixtune.errors import UsageError
 from prefixtune.generate import generate_outputs, merge_outputs
 from prefixtune.loggers import Logger, NullLogger, make_logger
 from prefixtune.metrics import score_examples
+from prefixtune.metrics.stats import write_stats
 from prefixtune.models import (
     apply_method,
     enable_gradient_checkpointing,
@@ -441,7 +442,8 @@ def evaluate(run: Run, loop: Loop, data: Data) -> dict[str, Any]:
         hyps = merge_outputs(all_shares, len(examples))
         rf.write_text(run.out / rf.generations(split), "".join(h + "\n" for h in hyps))
         if cfg.eval.score:
-            metrics[split] = score_examples(data.task, hyps, examples)
+            metrics[split], stats = score_examples(data.task, hyps, examples)
+            write_stats(run.out / rf.input_stats(split), stats)
             log.info("%s scores: %s", split, metrics[split])
     accelerator.wait_for_everyone()
     return metrics

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import SCORING
 
+from prefixtune.metrics.stats import read_stats
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +47,26 @@ def test_e2e_end_to_end():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
     assert round(result["bleu"], 2) == 72.03
+
+
+def test_stats_file_gives_back_the_scores_and_is_never_overwritten(tmp_path):
+    stats_file = tmp_path / "stats_test.json"
+    args = [
+        "--task", "e2e",
+        "--hyps", SCORING / "e2e_example_baseline.txt",
+        "--refs", SCORING / "e2e_example_refs.txt",
+        "--stats", stats_file,
+    ]  # fmt: skip
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    stats = read_stats(stats_file)
+    assert stats.task == "e2e" and len(stats.inputs) == 16
+    for key, value in stats.scores().items():
+        assert value == pytest.approx(result[key], rel=1e-9), key
+    before = stats_file.read_bytes()
+    assert_one_line_error(run_cli(*args), "already exists")
+    assert stats_file.read_bytes() == before
 
 
 def write(path: Path, data: bytes) -> Path:

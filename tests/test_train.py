@@ -18,6 +18,7 @@ from conftest import REPO, TINY, compose_cfg, run_cli
 from prefixtune.checkpoint import load_state
 from prefixtune.data import DataError
 from prefixtune.errors import UsageError
+from prefixtune.metrics.stats import read_stats
 from prefixtune.train import TrainingDiverged, train
 
 
@@ -54,6 +55,11 @@ def test_cli_end_to_end_decoder_prefix_scored(tmp_path):
     metrics = assert_complete_run_folder(out, 3, splits=("dev", "test"))
     for split in ("dev", "test"):
         assert set(metrics[split]) >= {"bleu", "nist", "meteor", "rouge_l", "cider"}
+        # the per-input statistics give back the scores (what collect's bootstrap resamples)
+        stats = read_stats(out / f"stats_{split}.json")
+        assert stats.n == 3
+        for key, value in stats.scores().items():
+            assert value == pytest.approx(metrics[split][key], rel=1e-9, abs=1e-12), key
     assert (out / "prefix" / "prefix_config.json").is_file()
     overrides = json.loads((out / "overrides.json").read_text())["overrides"]
     assert "eval.split=both" in overrides

@@ -15,6 +15,8 @@ from typing import Any
 
 from prefixtune.collect import costs as c
 from prefixtune.collect import pareto as p
+from prefixtune.collect.compare import compare
+from prefixtune.collect.findings import findings
 from prefixtune.collect.plots import panel_metrics, plot_figures, plot_pareto
 from prefixtune.collect.report import report, write_csv
 from prefixtune.collect.runs import CollectError, find_runs
@@ -59,13 +61,19 @@ def collect(
     dest = choose_out(root, out)
     prefixes = {t.task: "" if len(tables) == 1 else f"{t.task}_" for t in tables}
     fronts = {t.task: _pareto(t, metrics, pareto_cost) for t in tables}
+    comparisons = {t.task: compare(t) for t in tables}
     dest.mkdir(parents=True, exist_ok=True)
-    text = report(tables, root, skipped, fronts, prefixes)
+    text = report(tables, root, skipped, fronts, prefixes, comparisons)
     (dest / "results.md").write_text(text, encoding="utf-8")
     write_csv(dest / "runs.csv", tables)
+    written = [dest / "results.md", dest / "runs.csv"]
+    claims = findings(tables, comparisons)
+    if claims is not None:
+        (dest / "findings.md").write_text(claims, encoding="utf-8")
+        written.append(dest / "findings.md")
     figures: list[Path] = []
     for t in tables:
-        figures += plot_figures(t, dest, prefixes[t.task], metrics)
+        figures += plot_figures(t, dest, prefixes[t.task], metrics, comparisons[t.task])
         if (front := fronts[t.task]) is not None:
             figures.append(plot_pareto(t, front, dest, prefixes[t.task]))
     return {
@@ -75,7 +83,8 @@ def collect(
         "tables": tables,
         "pareto": fronts,
         "prefixes": prefixes,
-        "files": [dest / "results.md", dest / "runs.csv", *figures],
+        "comparisons": comparisons,
+        "files": [*written, *figures],
     }
 
 
@@ -144,5 +153,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path in result["files"]:
         print(f"wrote {path}")
     print()
-    text = report(result["tables"], Path(args.root), [], result["pareto"], result["prefixes"])
+    text = report(
+        result["tables"],
+        Path(args.root),
+        [],
+        result["pareto"],
+        result["prefixes"],
+        result["comparisons"],
+    )
     print(text.split("\n", 2)[2].rstrip())

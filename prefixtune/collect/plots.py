@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefixtune.collect import costs as c
+from prefixtune.collect.compare import Comparison
 from prefixtune.collect.pareto import Pareto
 from prefixtune.collect.runs import DEV_LOSS
 from prefixtune.collect.tables import Row, Table, is_float, mean_std, metric_label
@@ -57,8 +58,33 @@ def _series(table: Table, x_key: str) -> dict[str, list[Row]]:
     return out
 
 
-def plot_figures(table: Table, out: Path, prefix: str, wanted: Sequence[str] = ()) -> list[Path]:
-    """The paper's figures this table's sweep keys allow, one panel per metric."""
+def _errors(
+    table: Table, row: Row, metric: str, comparison: Comparison | None
+) -> tuple[float, float, float]:
+    """(y, below, above): the mean over runs with its 95% bootstrap interval when the runs kept
+    their per-input statistics, else ± the sample std over runs."""
+    mean, std = mean_std(row.values(metric))
+    est = None
+    if comparison is not None:
+        est = comparison.estimates.get((table.rows.index(row), metric))
+    if est is None:
+        return mean, std, std
+    return mean, max(mean - est.low, 0.0), max(est.high - mean, 0.0)
+
+
+def _has_ci(table: Table, metrics: Sequence[str], comparison: Comparison | None) -> bool:
+    return comparison is not None and any(k[1] in metrics for k in comparison.estimates)
+
+
+def plot_figures(
+    table: Table,
+    out: Path,
+    prefix: str,
+    wanted: Sequence[str] = (),
+    comparison: Comparison | None = None,
+) -> list[Path]:
+    """The paper's figures this table's sweep keys allow, one panel per metric; error bars are
+    95% bootstrap intervals where the runs kept per-input statistics, else ± std."""
     plt = _pyplot()
     metrics = panel_metrics(table, wanted)
     written: list[Path] = []
@@ -74,9 +100,9 @@ def plot_figures(table: Table, out: Path, prefix: str, wanted: Sequence[str] = (
         fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
             if name == "init":
-                _bars(ax, table, metric)
+                _bars(ax, table, metric, comparison)
             else:
-                _lines(ax, table, x_key, metric, band=name == "low_data")
+                _lines(ax, table, x_key, metric, name == "low_data", comparison)
                 ax.set_xlabel(
                     {"prefix_length": "prefix length", "low_data": "training examples"}[name]
                 )
@@ -84,7 +110,8 @@ def plot_figures(table: Table, out: Path, prefix: str, wanted: Sequence[str] = (
             ax.grid(alpha=0.3)
         where = f" ({table.split})" if table.split else ""
         title = {"prefix_length": "Prefix length", "init": "Initialisation", "low_data": "Low data"}
-        fig.suptitle(f"{title[name]}: {table.task}{where}, mean ± std")
+        bars = "95% bootstrap CI" if _has_ci(table, metrics, comparison) else "± std"
+        fig.suptitle(f"{title[name]}: {table.task}{where}, mean, {bars}")
         fig.tight_layout()
         path = out / f"{prefix}{name}.png"
         fig.savefig(path, dpi=110)
@@ -93,27 +120,29 @@ def plot_figures(table: Table, out: Path, prefix: str, wanted: Sequence[str] = (
     return written
 
 
-def _lines(ax, table: Table, x_key: str, metric: str, band: bool) -> None:
+def _lines(
+    ax, table: Table, x_key: str, metric: str, band: bool, comparison: Comparison | None
+) -> None:
     i = table.keys.index(x_key)
     xs_all = []
     for label, rows in _series(table, x_key).items():
         pts = [
-            (float(r.setting[i]), *mean_std(r.values(metric)))
+            (float(r.setting[i]), *_errors(table, r, metric, comparison))
             for r in rows
             if r.values(metric) and is_float(r.setting[i])  # "-": a run without this key
         ]
         if not pts:
             continue
         pts.sort()
-        xs, ys, sd = zip(*pts, strict=True)
+        xs, ys, below, above = zip(*pts, strict=True)
         xs_all += xs
         if band:
             ax.plot(xs, ys, marker="o", label=label)
-            low = [y - s for y, s in zip(ys, sd, strict=True)]
-            high = [y + s for y, s in zip(ys, sd, strict=True)]
+            low = [y - s for y, s in zip(ys, below, strict=True)]
+            high = [y + s for y, s in zip(ys, above, strict=True)]
             ax.fill_between(xs, low, high, alpha=0.2)
         else:
-            ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=label)
+            ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=label)
     _log_if_wide(ax, xs_all)
     if len(_series(table, x_key)) > 1:
         ax.legend(fontsize=7)
@@ -131,11 +160,13 @@ def _log_if_wide(ax, xs: Sequence[float]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _bars(ax, table: Table, metric: str) -> None:
+def _bars(ax, table: Table, metric: str, comparison: Comparison | None) -> None:
     rows = [r for r in table.rows if r.values(metric)]
+    if not rows:
+        return
     labels = [", ".join(r.setting) for r in rows]
-    stats = [mean_std(r.values(metric)) for r in rows]
-    ax.bar(range(len(rows)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3)
+    ys, below, above = zip(*(_errors(table, r, metric, comparison) for r in rows), strict=True)
+    ax.bar(range(len(rows)), ys, yerr=[below, above], capsize=3)
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
 
 

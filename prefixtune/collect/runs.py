@@ -3,7 +3,8 @@
 What the files are called and which overrides define a setting is prefixtune.runfolder's
 business; this module only turns one folder into a `Run`: the task, the overrides, the flattened
 config, the scores (metrics.json) and the costs (run.json). A folder without a readable
-metrics.json is unfinished; a missing or unreadable run.json only leaves the costs empty.
+metrics.json is unfinished; a missing or unreadable run.json only leaves the costs empty.  The
+per-input statistics (``stats_<split>.json``) are only located here; compare.py reads them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Run:
     scores: dict[str, float]  # flattened metric key (e.g. "test/bleu") -> value
     has_overrides: bool = True
     costs: dict[str, float] = field(default_factory=dict)  # costs.COSTS key -> value
+    stats: dict[str, Path] = field(default_factory=dict)  # split -> its stats_<split>.json
 
 
 def find_runs(root: str | os.PathLike) -> tuple[list[Run], list[Path]]:
@@ -69,6 +71,11 @@ def find_runs(root: str | os.PathLike) -> tuple[list[Run], list[Path]]:
                 scores=scores_of(metrics),
                 has_overrides=overrides is not None,
                 costs=costs_of(_read_json(folder / rf.RUN_INFO)),
+                stats={
+                    split: folder / rf.input_stats(split)
+                    for split in ("test", "dev")
+                    if (folder / rf.input_stats(split)).is_file()
+                },
             )
         )
     return finished, unfinished

@@ -19,9 +19,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefixtune.metrics.errors import ScoreError
+from prefixtune.metrics.stats import InputStats, fingerprint
 from prefixtune.tasks import TASKS
 
-__all__ = ["TASKS", "ScoreError", "score", "score_examples", "score_many"]
+__all__ = [
+    "TASKS",
+    "ScoreError",
+    "score",
+    "score_examples",
+    "score_many",
+    "score_many_with_stats",
+    "score_with_stats",
+]
 
 
 def _check(task: str, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -63,6 +72,18 @@ def score(
     return score_many(task, [(hyps, refs, seen)], nist_mode=nist_mode)[0]
 
 
+def score_with_stats(
+    task: str,
+    hyps: list[str],
+    refs: list[list[str]],
+    *,
+    seen: list[bool] | None = None,
+    nist_mode: str = "python",
+) -> tuple[dict[str, Any], InputStats]:
+    """``score`` and the per-input statistics behind it (``stats.py``), from one scoring run."""
+    return score_many_with_stats(task, [(hyps, refs, seen)], nist_mode=nist_mode)[0]
+
+
 def score_many(
     task: str,
     systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]], Sequence[bool] | None]],
@@ -71,6 +92,27 @@ def score_many(
 ) -> list[dict[str, Any]]:
     """``score`` for several systems ``(hyps, refs, seen)`` at once, with the same results: the
     Java tools (PTB tokenizer, METEOR) and the TER pool start once for all of them."""
+    return [scores for scores, _ in score_many_with_stats(task, systems, nist_mode=nist_mode)]
+
+
+def score_many_with_stats(
+    task: str,
+    systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]], Sequence[bool] | None]],
+    *,
+    nist_mode: str = "python",
+) -> list[tuple[dict[str, Any], InputStats]]:
+    """``score_many`` with each system's per-input statistics."""
+    results = _score_many(task, systems, nist_mode)
+    for (_, refs, _), (_, stats) in zip(systems, results, strict=True):
+        stats.inputs = fingerprint(refs)
+    return results
+
+
+def _score_many(
+    task: str,
+    systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]], Sequence[bool] | None]],
+    nist_mode: str,
+) -> list[tuple[dict[str, Any], InputStats]]:
     from prefixtune.metrics.nist import NIST_MODES
 
     if nist_mode not in NIST_MODES:
@@ -108,9 +150,11 @@ def score_many(
     return [score_xsum(h, r) for h, r, _ in prepared]
 
 
-def score_examples(task: str, hyps: Sequence[str], examples: Sequence) -> dict[str, Any]:
-    """``score`` for a split's examples (prefixtune.data.Example): their references, and
-    WebNLG's seen/unseen categories."""
+def score_examples(
+    task: str, hyps: Sequence[str], examples: Sequence
+) -> tuple[dict[str, Any], InputStats]:
+    """``score_with_stats`` for a split's examples (prefixtune.data.Example): their references,
+    and WebNLG's seen/unseen categories."""
     refs = [list(e.references) for e in examples]
     seen = [bool(e.meta.get("seen")) for e in examples] if task == "webnlg" else None
-    return score(task, list(hyps), refs, seen=seen)
+    return score_with_stats(task, list(hyps), refs, seen=seen)

@@ -23,6 +23,39 @@ def ref_streams(refs: Sequence[Sequence[str | None]]) -> list[list[str | None]]:
     return [[r[j] if j < len(r) else None for r in refs] for j in range(width)]
 
 
+def _bleu(tokenize: str, lowercase: bool) -> BLEU:
+    return BLEU(tokenize=tokenize, lowercase=lowercase, smooth_method="none", force=True)
+
+
+def bleu_rows(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str | None]],
+    *,
+    tokenize: str,
+    lowercase: bool,
+) -> list[list[float]]:
+    """Per input, sacrebleu's BLEU statistics: hypothesis length, effective reference length,
+    matched and total n-grams (n = 1..4); ``bleu_from`` of their column sums is the corpus BLEU.
+    (``_extract_corpus_statistics`` is the call sacrebleu's own paired tests use.)"""
+    if not hyps:
+        return []
+    stats = _bleu(tokenize, lowercase)._extract_corpus_statistics(list(hyps), ref_streams(refs))
+    return [[float(v) for v in row] for row in stats]
+
+
+def bleu_from(sums: Sequence[float]) -> float:
+    """Corpus BLEU on 0-100 from the column sums of ``bleu_rows`` (no smoothing)."""
+    return float(
+        BLEU.compute_bleu(
+            correct=[int(v) for v in sums[2:6]],
+            total=[int(v) for v in sums[6:10]],
+            sys_len=int(sums[0]),
+            ref_len=int(sums[1]),
+            smooth_method="none",
+        ).score
+    )
+
+
 def corpus_bleu(
     hyps: Sequence[str],
     refs: Sequence[Sequence[str | None]],
@@ -33,5 +66,4 @@ def corpus_bleu(
     """Corpus BLEU on 0-100 (multi-bleu prints it so; the E2E scorer prints it on 0-1)."""
     if not hyps:
         return 0.0
-    bleu = BLEU(tokenize=tokenize, lowercase=lowercase, smooth_method="none", force=True)
-    return float(bleu.corpus_score(list(hyps), ref_streams(refs)).score)
+    return float(_bleu(tokenize, lowercase).corpus_score(list(hyps), ref_streams(refs)).score)

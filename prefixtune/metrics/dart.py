@@ -22,9 +22,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from prefixtune.metrics.bleu import corpus_bleu
-from prefixtune.metrics.meteor import meteor
-from prefixtune.metrics.ter import corpus_ter
+import numpy as np
+
+from prefixtune.metrics.bleu import bleu_from, bleu_rows
+from prefixtune.metrics.meteor import meteor_rows
+from prefixtune.metrics.nist import column_sums
+from prefixtune.metrics.stats import InputStats
+from prefixtune.metrics.ter import ter_from, ter_rows
 
 METEOR_REFS = 8  # prepare_files.py pads every reference set to 8 lines for ``-r 8``
 
@@ -61,14 +65,11 @@ def ter_refs(seg: Sequence[str]) -> list[str | None]:
     return [seg[0], *(r for r in seg[1:] if r.strip())] if seg else [""]
 
 
-def score_dart(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, float]:
-    return score_dart_many([(hyps, refs)])[0]
-
-
 def score_dart_many(
     systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]],
-) -> list[dict[str, float]]:
-    """Several systems at once: one METEOR jar run and one TER pool for all of them."""
+) -> list[tuple[dict[str, float], InputStats]]:
+    """Several systems at once: one METEOR jar run and one TER pool for all of them.  Each
+    system's scores come with its per-input statistics (``stats.py``)."""
     all_hyps: list[str] = []
     all_refs: list[list[str]] = []
     groups: dict[str, list[int]] = {}
@@ -77,18 +78,33 @@ def score_dart_many(
         all_hyps += list(hyps)
         all_refs += [list(seg) for seg in refs]
         groups[str(k)] = list(range(start, len(all_hyps)))
-    met = meteor(all_hyps, [meteor_refs(seg) for seg in all_refs], normalize=True, subsets=groups)
-    glued_refs = [[glue(r) for r in seg] for seg in all_refs]
-    ter = corpus_ter(
-        [glue(h) for h in all_hyps], [ter_refs(seg) for seg in glued_refs], groups=groups
+    met, met_rows = meteor_rows(
+        all_hyps, [meteor_refs(seg) for seg in all_refs], normalize=True, subsets=groups
     )
+    glued_refs = [[glue(r) for r in seg] for seg in all_refs]
+    ter_all = ter_rows([glue(h) for h in all_hyps], [ter_refs(seg) for seg in glued_refs])
     out = []
     for k, (hyps, refs) in enumerate(systems):
-        bleu = corpus_bleu(
+        rows = bleu_rows(
             [glue(h) for h in hyps],
             [[glue(r) for r in seg] for seg in refs],
             tokenize="none",
             lowercase=False,
         )
-        out.append({"bleu": bleu, "meteor": float(met[str(k)]), "ter": float(ter[str(k)])})
+        idx = groups[str(k)]
+        ter = [ter_all[i] for i in idx]
+        scores = {
+            "bleu": bleu_from(column_sums(rows)) if rows else 0.0,
+            "meteor": float(met[str(k)]),
+            "ter": ter_from(*column_sums(ter)) if ter else 0.0,
+        }
+        stats = InputStats(
+            "dart",
+            {
+                "bleu": ("sacrebleu_bleu", np.asarray(rows)),
+                "meteor": ("meteor15", np.asarray([met_rows[i] for i in idx])),
+                "ter": ("ter", np.asarray(ter)),
+            },
+        )
+        out.append((scores, stats))
     return out

@@ -23,26 +23,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from prefixtune.metrics.meteor import meteor
-from prefixtune.metrics.nist import corpus_nist, e2e_bleu
+from prefixtune.metrics.meteor import meteor_rows
+from prefixtune.metrics.nist import column_sums, e2e_bleu_from, e2e_bleu_rows, nist_from, nist_rows
 from prefixtune.metrics.ptb import ptb_tokenize
-
-
-def score_e2e(
-    hyps: Sequence[str], refs: Sequence[Sequence[str]], *, nist_mode: str = "python"
-) -> dict[str, float]:
-    return score_e2e_many([(hyps, refs)], nist_mode=nist_mode)[0]
+from prefixtune.metrics.stats import InputStats, mean_rows
 
 
 def score_e2e_many(
     systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]],
     *,
     nist_mode: str = "python",
-) -> list[dict[str, float]]:
-    """Several systems at once: one PTB tokenizer run and one METEOR jar run for all of them."""
+) -> list[tuple[dict[str, float], InputStats]]:
+    """Several systems at once: one PTB tokenizer run and one METEOR jar run for all of them.
+    Each system's scores come with its per-input statistics (``stats.py``)."""
     texts: list[str] = []
     for hyps, refs in systems:
         texts += [*hyps, *(r for seg in refs for r in seg)]
@@ -60,22 +57,35 @@ def score_e2e_many(
         start += len(tok_hyps)
     # The METEOR jar spends ~10 s loading its paraphrase table: let it run meanwhile.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        met = pool.submit(meteor, all_hyps, all_refs, normalize=True, subsets=groups)
+        met = pool.submit(meteor_rows, all_hyps, all_refs, normalize=True, subsets=groups)
         out = []
         for (hyps, refs), (tok_hyps, tok_refs) in zip(systems, tokenized, strict=True):
             gts = {i: seg for i, seg in enumerate(tok_refs)}
             res = {i: [hyp] for i, hyp in enumerate(tok_hyps)}
-            rouge_l, _ = Rouge().compute_score(gts, res)
-            cider, _ = Cider().compute_score(gts, res)
-            out.append(
-                {
-                    "bleu": e2e_bleu(hyps, refs),
-                    "nist": float(corpus_nist(hyps, refs, mode=nist_mode)),
-                    "rouge_l": float(rouge_l),
-                    "cider": float(cider),
-                }
-            )
-        scores = met.result()
-    for k, result in enumerate(out):
-        result["meteor"] = float(scores[str(k)])
-    return [{key: r[key] for key in ("bleu", "nist", "meteor", "rouge_l", "cider")} for r in out]
+            rouge_l, rouge_segments = Rouge().compute_score(gts, res)
+            cider, cider_segments = Cider().compute_score(gts, res)
+            bleu_rows = e2e_bleu_rows(hyps, refs)
+            nist = nist_rows(hyps, refs, mode=nist_mode)
+            scores = {
+                "bleu": e2e_bleu_from(column_sums(bleu_rows)),
+                "nist": float(nist_from(column_sums(nist), mode=nist_mode)),
+                "rouge_l": float(rouge_l),
+                "cider": float(cider),
+            }
+            rows = {
+                "bleu": ("pymteval_bleu", bleu_rows),
+                "nist": ("pymteval_nist" if nist_mode == "python" else "mteval_nist", nist),
+                "rouge_l": ("mean", mean_rows(rouge_segments)),
+                "cider": ("mean", mean_rows(cider_segments)),
+            }
+            out.append((scores, rows))
+        meteor_scores, meteor_segments = met.result()
+    results = []
+    for k, (scores, rows) in enumerate(out):
+        scores["meteor"] = float(meteor_scores[str(k)])
+        span = groups[str(k)]
+        rows["meteor"] = ("meteor15", meteor_segments[span.start : span.stop])
+        order = ("bleu", "nist", "meteor", "rouge_l", "cider")
+        stats = {key: (rows[key][0], np.asarray(rows[key][1], dtype=np.float64)) for key in order}
+        results.append(({key: scores[key] for key in order}, InputStats("e2e", stats)))
+    return results

@@ -70,21 +70,29 @@ def perl_tokens(text: str) -> list[str]:
     return [t for t in _WS.split(_TOKENIZE(text.strip().translate(_ASCII_UPPER))) if t]
 
 
-def e2e_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU on 0-100 exactly as pymteval's ``BLEUScore`` (4-grams, case-insensitive)."""
-    hits = [0] * 4
-    cand = [0] * 4
-    ref_len = 0
+def e2e_bleu_rows(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Per input, pymteval's BLEU statistics: matched n-grams (n = 1..4), hypothesis n-grams
+    (n = 1..4, ``len - n + 1`` even when negative), the closest reference length (shorter on
+    ties).  Their column sums give the corpus BLEU (``e2e_bleu_from``)."""
+    rows = []
     for hyp, seg in zip(hyps, refs, strict=True):
         h = python_tokens(hyp)
         rs = [python_tokens(r) for r in seg]
+        hits, cand = [], []
         for n in range(1, 5):
             best: Counter[Ngram] = Counter()
             for r in rs:
                 best |= _ngrams(r, n)
-            hits[n - 1] += sum(min(c, best[g]) for g, c in _ngrams(h, n).items())
-            cand[n - 1] += len(h) - n + 1  # may be negative, as in pymteval
-        ref_len += len(min(rs, key=lambda r: (abs(len(r) - len(h)), len(r))))
+            hits.append(sum(min(c, best[g]) for g, c in _ngrams(h, n).items()))
+            cand.append(len(h) - n + 1)  # may be negative, as in pymteval
+        ref_len = len(min(rs, key=lambda r: (abs(len(r) - len(h)), len(r))))
+        rows.append([*hits, *cand, ref_len])
+    return rows
+
+
+def e2e_bleu_from(sums: Sequence[float]) -> float:
+    """Corpus BLEU on 0-100 from the column sums of ``e2e_bleu_rows``."""
+    hits, cand, ref_len = sums[0:4], sums[4:8], sums[8]
     bp = 1.0
     if cand[0] <= ref_len:
         bp = math.exp(1.0 - ref_len / (cand[0] if cand[0] else 1e-5))
@@ -92,6 +100,20 @@ def e2e_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
         math.log(max(hi, 1e-15) / max(c, 1e-9)) for hi, c in zip(hits, cand, strict=True)
     )
     return 100.0 * bp * math.exp(log_prec / 4)
+
+
+def e2e_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU on 0-100 exactly as pymteval's ``BLEUScore`` (4-grams, case-insensitive)."""
+    return e2e_bleu_from(column_sums(e2e_bleu_rows(hyps, refs)))
+
+
+def column_sums(rows: Sequence[Sequence[float]]) -> list[float]:
+    """Per-column sums, added in input order (the order the official scorers accumulate in)."""
+    sums = [0.0] * (len(rows[0]) if rows else 0)
+    for row in rows:
+        for j, v in enumerate(row):
+            sums[j] += v
+    return sums
 
 
 def _penalty(ratio: float) -> float:
@@ -102,14 +124,18 @@ def _penalty(ratio: float) -> float:
     return math.exp(-BETA * math.log(ratio) ** 2)
 
 
-def corpus_nist(
+def nist_rows(
     hyps: Sequence[str],
     refs: Sequence[Sequence[str]],
     max_n: int = MAX_N,
     *,
     mode: str = "python",
-) -> float:
-    """Corpus NIST of ``hyps`` against ``refs`` (all references of each), in the scorer's mode."""
+) -> list[list[float]]:
+    """Per input, NIST's statistics in the scorer's mode: information gained (n = 1..max_n),
+    hypothesis n-grams (n = 1..max_n), hypothesis length, average reference length, reference
+    words, references, and 1 (counting inputs).  The n-gram information comes from all of
+    ``refs`` at once; a corpus score over a subset or a resample of these rows (``nist_from``)
+    keeps that information fixed, the usual convention for resampling NIST."""
     if mode not in NIST_MODES:
         raise ValueError(f"unknown NIST mode {mode!r}; choose one of: {', '.join(NIST_MODES)}")
     perl = mode == "perl"
@@ -131,34 +157,47 @@ def corpus_nist(
             prefix = ()
         return math.log2(ref_counts[prefix] / ref_counts[ngram])
 
-    gained = [0.0] * (max_n + 1)
-    hyp_ngrams_total = [0] * (max_n + 1)
-    hyp_len = 0
-    avg_ref_len = 0.0
-    n_refs = 0
+    rows = []
     for hyp, seg in zip(hyp_toks, ref_toks, strict=True):
-        hyp_len += len(hyp)
-        n_refs += len(seg)
-        avg_ref_len += sum(len(r) for r in seg) / max(len(seg), 1)
+        gained, totals = [0.0] * max_n, [0] * max_n
         for n in range(1, max_n + 1):
             count = len(hyp) - n + 1
-            hyp_ngrams_total[n] += max(count, 0) if perl else count
+            totals[n - 1] = max(count, 0) if perl else count
             best: Counter[Ngram] = Counter()
             for ref in seg:
                 best |= _ngrams(ref, n)  # | keeps the larger count per n-gram
             for ngram, c in _ngrams(hyp, n).items():
                 if ngram in best:
-                    gained[n] += info(ngram) * min(c, best[ngram])
+                    gained[n - 1] += info(ngram) * min(c, best[ngram])
+        avg_ref_len = sum(len(r) for r in seg) / max(len(seg), 1)
+        ref_words = sum(len(r) for r in seg)
+        rows.append([*gained, *totals, len(hyp), avg_ref_len, ref_words, len(seg), 1])
+    return rows
 
-    if perl:
-        score = sum(gained[n] / max(hyp_ngrams_total[n], 1) for n in range(1, max_n + 1))
-        words = ref_counts[()]
-        ref_len = words / (n_refs / len(ref_toks)) if n_refs and words else 0.0
+
+def nist_from(sums: Sequence[float], *, mode: str = "python") -> float:
+    """Corpus NIST from the column sums of ``nist_rows``."""
+    max_n = (len(sums) - 5) // 2
+    gained, totals = sums[:max_n], sums[max_n : 2 * max_n]
+    hyp_len, avg_ref_len, ref_words, n_refs, n_inputs = sums[2 * max_n : 2 * max_n + 5]
+    if mode == "perl":
+        score = sum(g / max(t, 1) for g, t in zip(gained, totals, strict=True))
+        ref_len = ref_words / (n_refs / n_inputs) if n_refs and ref_words else 0.0
     else:
-        score = sum(
-            gained[n] / hyp_ngrams_total[n] for n in range(1, max_n + 1) if hyp_ngrams_total[n]
-        )
+        score = sum(g / t for g, t in zip(gained, totals, strict=True) if t)
         ref_len = avg_ref_len
     if ref_len <= 0:
         return 0.0
     return score * _penalty(hyp_len / ref_len)
+
+
+def corpus_nist(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    max_n: int = MAX_N,
+    *,
+    mode: str = "python",
+) -> float:
+    """Corpus NIST of ``hyps`` against ``refs`` (all references of each), in the scorer's mode."""
+    rows = nist_rows(hyps, refs, max_n, mode=mode)
+    return nist_from(column_sums(rows), mode=mode)

@@ -31,9 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefixtune.metrics.bleu import corpus_bleu
-from prefixtune.metrics.meteor import meteor
-from prefixtune.metrics.ter import corpus_ter
+import numpy as np
+
+from prefixtune.metrics.bleu import bleu_from, bleu_rows
+from prefixtune.metrics.meteor import meteor_rows
+from prefixtune.metrics.nist import column_sums
+from prefixtune.metrics.stats import InputStats
+from prefixtune.metrics.ter import ter_from, ter_rows
 from prefixtune.metrics.webnlg_text import normalise_output, normalise_reference
 
 # The challenge scripts use three references per entry for every metric (see above).
@@ -52,18 +56,11 @@ def prepare(
     return norm_hyps, norm_refs
 
 
-def score_webnlg(
-    hyps: Sequence[str],
-    refs: Sequence[Sequence[str]],
-    seen: Sequence[bool] | None = None,
-) -> dict[str, dict[str, float | None] | None]:
-    return score_webnlg_many([(hyps, refs, seen)])[0]
-
-
 def score_webnlg_many(
     systems: Sequence[tuple[Sequence[str], Sequence[Sequence[str]], Sequence[bool] | None]],
-) -> list[dict[str, dict[str, float | None] | None]]:
-    """Several systems at once: one METEOR jar run and one TER pool for all of them."""
+) -> list[tuple[dict[str, dict[str, float | None] | None], InputStats]]:
+    """Several systems at once: one METEOR jar run and one TER pool for all of them.  Each
+    system's scores come with its per-input statistics (``stats.py``)."""
     all_hyps: list[str] = []
     all_refs: list[list[str]] = []
     groups: dict[str, list[int]] = {}
@@ -81,9 +78,10 @@ def score_webnlg_many(
             groups[f"{k}/{name}"] = idx
         spans.append((parts, seen is not None))
 
-    met = meteor(all_hyps, all_refs, normalize=True, subsets=groups)
+    met, met_rows = meteor_rows(all_hyps, all_refs, normalize=True, subsets=groups)
+    bleu_rows_all = bleu_rows(all_hyps, all_refs, tokenize="none", lowercase=True)
     present = [[r if r else None for r in seg] for seg in all_refs]
-    ter = corpus_ter(all_hyps, present, groups=groups)
+    ter_all = ter_rows(all_hyps, present)
     results = []
     for k, (parts, has_seen) in enumerate(spans):
         out: dict[str, dict[str, float | None] | None] = {}
@@ -91,14 +89,21 @@ def score_webnlg_many(
             if not idx:
                 out[name] = {"bleu": None, "meteor": None, "ter": None}
                 continue
-            bleu = corpus_bleu(
-                [all_hyps[i] for i in idx],
-                [all_refs[i] for i in idx],
-                tokenize="none",
-                lowercase=True,
-            )
-            out[name] = {"bleu": bleu, "meteor": met[f"{k}/{name}"], "ter": ter[f"{k}/{name}"]}
+            bleu = bleu_from(column_sums([bleu_rows_all[i] for i in idx]))
+            ter = ter_from(*column_sums([ter_all[i] for i in idx]))
+            out[name] = {"bleu": bleu, "meteor": met[f"{k}/{name}"], "ter": ter}
         if not has_seen:
             out["seen"] = out["unseen"] = None
-        results.append(out)
+        idx = parts["all"]
+        start = idx[0] if idx else 0
+        stats = InputStats(
+            "webnlg",
+            {
+                "bleu": ("sacrebleu_bleu", np.asarray([bleu_rows_all[i] for i in idx])),
+                "meteor": ("meteor15", np.asarray([met_rows[i] for i in idx])),
+                "ter": ("ter", np.asarray([ter_all[i] for i in idx])),
+            },
+            {g: [i - start for i in parts[g]] for g in ("seen", "unseen") if has_seen},
+        )
+        results.append((out, stats))
     return results
