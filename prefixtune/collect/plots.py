@@ -136,7 +136,7 @@ def _lines(
         pts.sort()
         xs, ys, below, above = zip(*pts, strict=True)
         xs_all += xs
-        if band:
+        if band and len(xs) > 1:  # a band needs two points; a lone point gets an error bar
             ax.plot(xs, ys, marker="o", label=label)
             low = [y - s for y, s in zip(ys, below, strict=True)]
             high = [y + s for y, s in zip(ys, above, strict=True)]
