@@ -1,24 +1,28 @@
 """Batched generation: exactly one output per input, returned in dataset order.
 
-A PrefixModel generates through the engine's own continuous-batching beam search
+Every model generates through the engine's own continuous-batching beam search
 (prefix/decoding.py): a pool of `max_rows` beam rows, an input leaving as soon as it is done
-and a queued one joining at once, with the same outputs as transformers' beam search. Other
-models (the fine-tuning baselines) use transformers' generate() on length-sorted batches of
+and a queued one joining at once, with the same outputs as transformers' beam search. A model
+without a prefix (the fine-tuning baselines) is wrapped in a PrefixModel for the call, its rows
+carrying no prefix at all (decoding.NO_PREFIX), so that both sides of a prefix vs fine-tuning
+comparison are decoded by the same code at the same speed; a family the search does not handle
+(T5's relative positions) uses transformers' generate() on length-sorted batches of
 ``max_rows // num_beams`` inputs. With several processes each one takes every world_size-th
 input and rank 0 reassembles them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from prefixtune.collate import Collator
-from prefixtune.prefix import PrefixModel
-from prefixtune.prefix.decoding import beam_search
+from prefixtune.prefix import PrefixConfig, PrefixError, PrefixModel
+from prefixtune.prefix.decoding import NO_PREFIX, beam_search, search_settings
 
 
 @torch.no_grad()
@@ -58,25 +62,62 @@ def generate_outputs(
         settings["decoder_start_token_id"] = collator.decoder_start
     bar = tqdm(total=len(mine), desc=desc, disable=not show_progress, unit="input")
     try:
-        if isinstance(model, PrefixModel):
+        if not isinstance(model, PrefixModel) and prefixes is not None:
+            raise ValueError("per-input prefixes need a PrefixModel")
+        with _searchable(model, settings) as searchable:
+            if searchable is None:
+                texts = _transformers_generate(
+                    model, collator, [sources[i] for i in mine], max_rows, device, bar, settings
+                )
+                return list(zip(mine, texts, strict=True))
+            if searchable is not model:
+                names: str | list[str | None] | None = NO_PREFIX
+            else:
+                names = None if prefixes is None else [prefixes[i] for i in mine]
             outputs = beam_search(
-                model,
+                searchable,
                 [collator.encode_source(sources[i]) for i in mine],
-                prefix=None if prefixes is None else [prefixes[i] for i in mine],
+                prefix=names,
                 max_rows=max_rows,
                 progress=lambda _: bar.update(1),
                 **settings,
             )
-            texts = [decode_until_eos(collator, ids) for ids in outputs]
-            return list(zip(mine, texts, strict=True))
-        if prefixes is not None:
-            raise ValueError("per-input prefixes need a PrefixModel")
-        texts = _transformers_generate(
-            model, collator, [sources[i] for i in mine], max_rows, device, bar, settings
-        )
+        texts = [decode_until_eos(collator, ids) for ids in outputs]
         return list(zip(mine, texts, strict=True))
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def _searchable(model: torch.nn.Module, settings: dict[str, Any]) -> Iterator[PrefixModel | None]:
+    """The model as beam_search takes it: a PrefixModel as it is; any other model wrapped for
+    the call (a throwaway prefix that no row uses), then unwrapped with its parameters'
+    requires_grad as they were; None where the search does not handle the model."""
+    if isinstance(model, PrefixModel):
+        yield model
+        return
+    trainable = [p.requires_grad for p in model.parameters()]
+
+    def unwrap(wrapped: PrefixModel) -> None:
+        wrapped.unwrap()
+        for p, flag in zip(model.parameters(), trainable, strict=True):
+            p.requires_grad_(flag)
+
+    try:
+        wrapped = PrefixModel(model, PrefixConfig(length=1, reparam=False))
+    except PrefixError:  # a family the prefix engine does not wire
+        yield None
+        return
+    try:
+        search_settings(wrapped, **{"decoder_start_token_id": None, **settings})
+    except PrefixError:  # T5, or generation-config options the search does not apply
+        unwrap(wrapped)
+        yield None
+        return
+    try:
+        yield wrapped
+    finally:
+        unwrap(wrapped)
 
 
 def _transformers_generate(model, collator, sources, max_rows, device, bar, settings) -> list[str]:

@@ -163,6 +163,44 @@ def test_claim_against_the_data_does_not_hold(tmp_path):
     assert "**does not hold**" in line and -9.5 < delta < -6.5  # the true gap is -8
 
 
+def test_experiments_that_set_the_method_test_the_method_claims(tmp_path):
+    # as in the paper's table 1 (and scripts/findings_cpu.sh's budget part): each method is its
+    # own experiment file with its own hyperparameters, so the settings differ in `experiment`;
+    # the runs' resolved method.name makes the pairs tests of the method claims
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(11)
+    levels = {"cpu_prefix": ("prefix", 62.0), "cpu_finetune": ("finetune", 55.0),
+              "cpu_ft_top2": ("ft_top2", 62.3)}  # fmt: skip
+    k = 0
+    for seed in (1, 2):
+        for experiment, (method, level) in levels.items():
+            per_input = level + rng.normal(0, 10, 400)
+            folder = write_run(
+                root / str(k),
+                [f"experiment={experiment}", f"seed={seed}", "train.max_minutes=30"],
+                {"test": e2e_scores(float(per_input.mean()))},
+                config={"method": {"name": method}, "prefix": {"mode": "prefix"}},
+            )
+            write_stats_file(folder, per_input)
+            k += 1
+    collect(root, tmp_path / "out")
+    rows = [x for x in (tmp_path / "out" / "findings.md").read_text().splitlines()
+            if x.startswith("| ")]  # fmt: skip
+
+    def row(claim: str) -> str:
+        (found,) = [r for r in rows if r.split("|")[1].strip().startswith(claim)]
+        return found
+
+    full = row("Prefix-tuning beats full fine-tuning on table-to-text with the full data")
+    assert "`experiment` cpu_prefix vs cpu_finetune (method.name prefix vs finetune)" in full
+    assert "**holds**" in full and float(full.split("|")[5].split()[0]) > 4
+    top2 = row("Prefix-tuning beats FT-top2")
+    assert "`experiment` cpu_prefix vs cpu_ft_top2" in top2  # A is prefix, though swept first
+    assert "**cannot tell at this size**" in top2
+    assert "not measured" in row("In low data (50-200 examples)")  # no train.low_data here
+    assert "not measured" in row("Prefix beats infix")  # prefix.mode never differs
+
+
 def test_runs_without_statistics_still_collect(tmp_path):
     collect(init_sweep(tmp_path, with_stats=False), tmp_path / "out")
     text = (tmp_path / "out" / "results.md").read_text()

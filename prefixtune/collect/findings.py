@@ -12,7 +12,10 @@ for XSum): the difference A - B, its 95% paired bootstrap interval and p.  The v
   its interval lies within ± ``margin``, **does not hold** when it is significant, **cannot
   tell** when the interval is wider than the margin.
 
-A claim without a matching pair is listed as not measured by these runs.  A setting without a
+A pair also tests a claim when its settings differ in another key (``experiment``, as in the
+paper's table 1, where each method keeps its own hyperparameters) and the runs' resolved configs
+differ in the claim's ``config_key`` (``method.name``); the table names both.  A claim without a
+matching pair is listed as not measured by these runs.  A setting without a
 key shows "-" for it, so runs of the prefix method that never set ``method`` pair with
 ``method=finetune`` runs as "-" vs "finetune": ``-`` stands for the key's default value.
 """
@@ -23,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prefixtune.collect.compare import Comparison, Pair
-from prefixtune.collect.tables import Table, main_metric, metric_label
+from prefixtune.collect.tables import Row, Table, main_metric, metric_label
 from prefixtune.metrics.significance import Difference
 
 
@@ -36,6 +39,8 @@ class Claim:
     context: str = ""  # "low_data": only pairs with train.low_data set; "full": only without
     kind: str = "better"  # or "similar"
     margin: float = 0.0  # "similar": the interval must lie within ± margin (main metric units)
+    # the resolved config's key holding the claim's value, for pairs apart in another key
+    config_key: str = ""
 
 
 LOW = "train.low_data"
@@ -47,6 +52,7 @@ CLAIMS = (
         ("prefix", "-"),
         ("finetune",),
         context="full",
+        config_key="method.name",
     ),
     Claim(
         "Prefix-tuning beats FT-top2 (table 1; E2E BLEU 69.7 vs 68.1)",
@@ -54,6 +60,7 @@ CLAIMS = (
         ("prefix", "-"),
         ("ft_top2",),
         context="full",
+        config_key="method.name",
     ),
     Claim(
         "Prefix beats infix at the same length (section 7.2; E2E INFIX-10 67.2 BLEU)",
@@ -98,6 +105,7 @@ CLAIMS = (
         ("prefix", "-"),
         ("finetune",),
         context="low_data",
+        config_key="method.name",
     ),
     Claim(
         "Initialising with real words beats random initialisation in low data (figure 5): "
@@ -133,12 +141,24 @@ def verdict(claim: Claim, diff: Difference, higher_better: bool = True) -> str:
     return HOLDS if gain > 0 else FAILS
 
 
-def _matches(claim: Claim, table: Table, pair: Pair) -> bool | None:
-    """True: A is pair.a; False: the pair is the other way round; None: not this claim's."""
-    if pair.key != claim.key:
+def _resolved(row: Row, key: str) -> str | None:
+    """The one value ``key`` has in the resolved configs of all of ``row``'s runs, else None."""
+    values = {run.config.get(key) for run in row.runs}
+    return values.pop() if len(values) == 1 else None
+
+
+def _matches(claim: Claim, table: Table, pair: Pair) -> tuple[bool, str, str] | None:
+    """(True: A is pair.a, False: the pair is the other way round; pair.a's and pair.b's values
+    of the claim's key), or None when the pair does not test this claim."""
+    if pair.key == claim.key:
+        i = table.keys.index(pair.key)
+        a, b = pair.a.setting[i], pair.b.setting[i]
+    elif claim.config_key:
+        a, b = _resolved(pair.a, claim.config_key), _resolved(pair.b, claim.config_key)
+        if a is None or b is None or a == b:
+            return None
+    else:
         return None
-    i = table.keys.index(pair.key)
-    a, b = pair.a.setting[i], pair.b.setting[i]
     if LOW in table.keys:
         low = pair.a.setting[table.keys.index(LOW)]
         in_low = low not in ("-", "0")
@@ -147,9 +167,9 @@ def _matches(claim: Claim, table: Table, pair: Pair) -> bool | None:
     elif claim.context == "low_data":
         return None
     if a in claim.a and b in claim.b:
-        return True
+        return True, a, b
     if b in claim.a and a in claim.b:
-        return False
+        return False, a, b
     return None
 
 
@@ -176,24 +196,28 @@ def findings(tables: Sequence[Table], comparisons: Mapping[str, Comparison]) -> 
         for claim in CLAIMS:
             found = []
             for pair in comparison.pairs:
-                way = _matches(claim, table, pair)
-                if way is None or metric not in pair.diffs:
+                match = _matches(claim, table, pair)
+                if match is None or metric not in pair.diffs:
                     continue
+                way, va, vb = match
                 diff = pair.diffs[metric] if way else _flip(pair.diffs[metric])
                 a, b = (pair.a, pair.b) if way else (pair.b, pair.a)
-                found.append((a, b, diff))
+                va, vb = (va, vb) if way else (vb, va)
+                found.append((pair.key, a, b, va, vb, diff))
             if not found:
                 lines.append(f"| {claim.text} | not measured by these runs | | | | | |")
                 continue
-            for a, b, diff in found:
+            for key, a, b, va, vb, diff in found:
                 tested += 1
-                i = table.keys.index(claim.key)
+                i = table.keys.index(key)
                 rest = [
                     f"{k}={v}"
                     for j, (k, v) in enumerate(zip(table.keys, a.setting, strict=True))
                     if j != i and v != "-"
                 ]
-                where = f"`{claim.key}` {a.setting[i]} vs {b.setting[i]}"
+                where = f"`{key}` {a.setting[i]} vs {b.setting[i]}"
+                if key != claim.key:  # apart in another key that sets the claim's
+                    where += f" ({claim.config_key} {va} vs {vb})"
                 if rest:
                     where += f" ({', '.join(rest)})"
                 lines.append(
@@ -209,7 +233,9 @@ def findings(tables: Sequence[Table], comparisons: Mapping[str, Comparison]) -> 
         "# The paper's findings, tested",
         "",
         "Each claim of Li & Liang (2021) against every pair of settings here that differ only in "
-        "the claim's key. A and B: the setting means of the main metric (n runs each); Δ: A − B "
+        "the claim's key, or in a key that sets it (`experiment`, each method with its own "
+        "hyperparameters, as in the paper's table 1). A and B: the setting means of the main "
+        "metric (n runs each); Δ: A − B "
         "with its 95% paired bootstrap interval over the test inputs and the paired bootstrap "
         "p-value (sacrebleu's --paired-bs procedure, 1000 resamples; "
         "prefixtune.metrics.significance). Verdict: **holds** when A is significantly better "
