@@ -32,29 +32,33 @@
 #             evaluation), seed 1: 2 jobs
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export TOKENIZERS_PARALLELISM=false
-PARTS=(init low_data position length budget)
-WANT=("$@")
-[[ ${#WANT[@]} -eq 0 || ${WANT[0]} == all ]] && WANT=("${PARTS[@]}")
-for w in "${WANT[@]}"; do
-  [[ " ${PARTS[*]} " == *" $w "* ]] || {
-    echo "error: unknown part '$w'; choose from: ${PARTS[*]} all" >&2
-    exit 2
-  }
-done
+# Everything below is one function, called on the last line: bash reads a script as it runs it,
+# so a script edited while a part runs (its hours) would go on with the new file's bytes at the
+# old offset; a function is read whole before anything runs.
+main() {
+  export TOKENIZERS_PARALLELISM=false
+  PARTS=(init low_data position length budget)
+  WANT=("$@")
+  [[ ${#WANT[@]} -eq 0 || ${WANT[0]} == all ]] && WANT=("${PARTS[@]}")
+  for w in "${WANT[@]}"; do
+    [[ " ${PARTS[*]} " == *" $w "* ]] || {
+      echo "error: unknown part '$w'; choose from: ${PARTS[*]} all" >&2
+      exit 2
+    }
+  done
 
-TEST=(eval.split=test eval.max_examples=-1 eval.num_beams=5 eval.max_new_tokens=64 resume=true)
-# two jobs at once, one thread each (more throughput here than one job at 2 threads)
-LAUNCH=(hydra/launcher=parallel hydra.launcher.n_jobs=2)
-LOWDATA=(experiment=e2e_lowdata model=smollm2-135m train.max_steps=100 train.low_data_seed=0,1 seed=1)
-FULL=(experiment=e2e_smollm2_cpu_prefix train.max_steps=300 train.eval_every=60 seed=1,2)
+  TEST=(eval.split=test eval.max_examples=-1 eval.num_beams=5 eval.max_new_tokens=64 resume=true)
+  # two jobs at once, one thread each (more throughput here than one job at 2 threads)
+  LAUNCH=(hydra/launcher=parallel hydra.launcher.n_jobs=2)
+  LOWDATA=(experiment=e2e_lowdata model=smollm2-135m train.max_steps=100 train.low_data_seed=0,1 seed=1)
+  FULL=(experiment=e2e_smollm2_cpu_prefix train.max_steps=300 train.eval_every=60 seed=1,2)
 
-sweep() { # sweep <part> <overrides...>
-  local part=$1
-  shift
-  echo "== findings part $part: $(date -u +%FT%TZ)"
-  python train.py -m "$@" "${TEST[@]}" "${LAUNCH[@]}" "hydra.sweep.dir=outputs/multirun/findings/$part"
-  echo "== findings part $part done: $(date -u +%FT%TZ)"
+  sweep() { # sweep <part> <overrides...>
+    local part=$1
+    shift
+    echo "== findings part $part: $(date -u +%FT%TZ)"
+    python train.py -m "$@" "${TEST[@]}" "${LAUNCH[@]}" "hydra.sweep.dir=outputs/multirun/findings/$part"
+    echo "== findings part $part done: $(date -u +%FT%TZ)"
 }
 
 for w in "${WANT[@]}"; do
@@ -83,3 +87,5 @@ for w in "${WANT[@]}"; do
     ;;
   esac
 done
+}
+main "$@"
